@@ -1,0 +1,101 @@
+"""The Python API as users of the method know it:
+
+    from sa_dist import SelectiveAmnesiaVAE
+    m = SelectiveAmnesiaVAE(z_dim=8, forget_class=2)
+    m.train_baseline(epochs=100)
+    m.selective_amnesia(epochs=20, lambda_reg=100)
+    m.visualize_results()
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from accelerate.utils import set_seed
+
+from .checkpoint import save_checkpoint
+from .config import RunConfig, SAConfig, TrainConfig, validate
+from .data import load_mnist, loaders
+from .evaluate import class_metrics, summarize, surrogate_metrics
+from .evaluator import get_evaluator
+from .models import ModelConfig, build_model
+from .sa import selective_amnesia
+from .train import make_accelerator, train_vae
+
+
+class SelectiveAmnesiaVAE:
+    """A cVAE, its original parameters theta* and, after ``selective_amnesia``, the unlearned model."""
+
+    def __init__(self, z_dim: int = 8, forget_class: int | list[int] = 2, arch: str = "conv", seed: int = 49,
+                 data_dir: str | None = None, limit: int | None = None, accelerator=None):
+        forget = [forget_class] if isinstance(forget_class, int) else list(forget_class)
+        self.cfg = validate(RunConfig(model=ModelConfig(arch=arch, z_dim=z_dim),
+                                      train=TrainConfig(seed=seed, limit=limit), sa=SAConfig(forget=forget),
+                                      data_dir=data_dir))
+        self.accelerator = accelerator or make_accelerator()
+        self.original = self.unlearned = None
+        self.history: dict[str, list] = {}
+
+    def train_baseline(self, epochs: int = 50, batch: int = 256, lr: float = 5e-4):
+        """Train theta* on all classes (real MNIST)."""
+        self.cfg = validate(replace(self.cfg, train=replace(self.cfg.train, epochs=epochs, batch=batch, lr=lr)))
+        set_seed(self.cfg.train.seed)
+        tr, te = loaders(batch, self.cfg.train.seed, self.cfg.data_dir, self.cfg.train.limit)
+        self.original, self.history["baseline"] = train_vae(build_model(self.cfg.model), tr, te,
+                                                            self.accelerator, epochs, lr)
+        return self
+
+    def selective_amnesia(self, epochs: int = 10, lambda_reg: float = 100.0, gamma: float = 1.0, lr: float = 1e-3,
+                          n_fisher: int = 50000, surrogate: str = "uniform"):
+        """Fisher of theta*, then SA: surrogate on the forgotten class, replay and EWC on the rest."""
+        from .fisher import diag_fisher
+
+        if self.original is None:
+            raise RuntimeError("call train_baseline() first")
+        s = replace(self.cfg.sa, sa_epochs=epochs, lam=lambda_reg, gamma=gamma, lr=lr, n_fisher=n_fisher,
+                    surrogate=surrogate)
+        self.cfg = validate(replace(self.cfg, sa=s))
+        self.fisher = diag_fisher(self.original, n_fisher, seed=self.cfg.train.seed, accelerator=self.accelerator)
+        set_seed(self.cfg.train.seed)
+        self.unlearned, self.history["sa"] = selective_amnesia(
+            self.original, self.fisher, s.forget, self.accelerator, lam=s.lam, gamma=s.gamma, sa_epochs=s.sa_epochs,
+            lr=s.lr, batch=s.batch, n_replay=s.n_replay, surrogate=s.surrogate, seed=self.cfg.train.seed)
+        return self
+
+    def evaluate(self, n_samples: int = 1000) -> dict:
+        """results.json's ``before``/``after``/``surrogate``/``summary`` blocks for this object."""
+        evaluator, _ = get_evaluator(None, self.cfg.data_dir, limit=self.cfg.train.limit)
+        x, y = load_mnist(False, self.cfg.data_dir, self.cfg.train.limit)
+        out = {"forget_classes": self.cfg.sa.forget}
+        for name, model in (("before", self.original), ("after", self.unlearned)):
+            out[name] = class_metrics(model, evaluator, x, y, n_samples, self.cfg.train.seed)
+        out["surrogate"] = surrogate_metrics(self.cfg.sa.surrogate, self.cfg.sa.forget, self.original,
+                                             self.unlearned, evaluator, n_samples, self.cfg.train.seed)
+        out["summary"] = summarize(out)
+        return out
+
+    def visualize_results(self, out_dir: str | Path = "sa_figures") -> list[Path]:
+        """Before/after samples, one row per class; shown when there is a display, always saved as PNG."""
+        from .viz import before_after_grid
+
+        if self.unlearned is None:
+            raise RuntimeError("call selective_amnesia() first")
+        path = Path(out_dir) / "samples_before_after.png"
+        before_after_grid(self.original, self.unlearned, self.cfg.sa.forget, path)
+        if os.environ.get("DISPLAY"):
+            import matplotlib.image as mpimg
+            import matplotlib.pyplot as plt
+
+            plt.imshow(mpimg.imread(path))
+            plt.axis("off")
+            plt.show()
+        return [path]
+
+    def save(self, out_dir: str | Path) -> None:
+        """``baseline.safetensors`` and, once unlearned, ``unlearned.safetensors``."""
+        if self.accelerator.is_main_process:
+            save_checkpoint(Path(out_dir) / "baseline.safetensors", self.original)
+            if self.unlearned is not None:
+                save_checkpoint(Path(out_dir) / "unlearned.safetensors", self.unlearned, kind="unlearned",
+                                extra={"forget": self.cfg.sa.forget})

@@ -1,0 +1,77 @@
+"""safetensors checkpoints that carry what is needed to rebuild the model, written atomically."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, fields
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load, save as st_save
+
+from .models import ModelConfig, build_model, CVAE
+from .utils import UserError, atomic_write_bytes
+
+FORMAT_VERSION = 1  # bump when the layout of the tensors or the metadata changes
+
+
+def save_tensors(path: Path | str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write ``tensors`` (moved to CPU, contiguous) with string metadata; temp file + rename. Main process only."""
+    flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta = {"format_version": str(FORMAT_VERSION), **{k: v if isinstance(v, str) else json.dumps(v)
+                                                       for k, v in meta.items()}}
+    atomic_write_bytes(path, st_save(flat, metadata=meta))
+
+
+def load_tensors(path: Path | str, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict]:
+    """Read a safetensors file; any problem is one ``UserError`` line naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    try:
+        with open(path, "rb") as f:
+            blob = f.read()
+        tensors = st_load(blob)
+        from safetensors import safe_open  # metadata lives in the header
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise UserError(f"{what} {path} is not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
+    version = int(meta.get("format_version", "0") or 0)
+    if version > FORMAT_VERSION:
+        raise UserError(f"{what} {path} has format version {version}; this sa_dist reads up to {FORMAT_VERSION}")
+    if version < 1:
+        raise UserError(f"{what} {path} has no sa_dist format version: not written by sa_dist")
+    return tensors, meta
+
+
+def save_checkpoint(path: Path | str, model: torch.nn.Module, kind: str = "baseline", extra: dict | None = None):
+    """The model's state_dict (weights and batch-norm buffers) plus its ``ModelConfig`` in the metadata."""
+    meta = {"kind": kind, "model_config": asdict(model.cfg), **(extra or {})}
+    save_tensors(path, model.state_dict(), meta)
+
+
+def config_from_meta(meta: dict, path) -> ModelConfig:
+    try:
+        raw = json.loads(meta["model_config"])
+        names = {f.name for f in fields(ModelConfig)}
+        return ModelConfig(**{k: v for k, v in raw.items() if k in names})
+    except (KeyError, TypeError, json.JSONDecodeError):
+        raise UserError(f"checkpoint {path} has no model config in its metadata") from None
+
+
+def load_checkpoint(path: Path | str, expect: ModelConfig | None = None) -> tuple[CVAE, dict]:
+    """Rebuild the model a checkpoint describes (eval mode) and load its weights; ``expect`` checks arch, z_dim."""
+    tensors, meta = load_tensors(path)
+    cfg = config_from_meta(meta, path)
+    if expect is not None:
+        for name in ("arch", "z_dim"):
+            if getattr(expect, name) != getattr(cfg, name):
+                raise UserError(f"checkpoint {path} has {name}={getattr(cfg, name)}, "
+                                f"but the run asks for {name}={getattr(expect, name)}")
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        raise UserError(f"checkpoint {path} does not fit a {cfg.arch} cVAE: {str(e).splitlines()[0][:160]}") from None
+    return model.eval(), meta

@@ -1,0 +1,139 @@
+"""Typed run configuration: dataclasses with YAML in and out, and the checks on user input."""
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Optional
+
+import yaml
+
+from .models import ARCHS, ModelConfig
+from .utils import UsageError, atomic_write_text
+
+SURROGATE_KINDS = ("uniform", "blank")  # plus "class:K" and a path to an .npy of images
+MIXED_PRECISION = ("no", "fp16", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50  # baseline passes over the 60k training images (test nELBO < 100 nats needs about 30+)
+    batch: int = 256  # global batch per step, split across processes
+    lr: float = 5e-4  # Adam learning rate of baseline training
+    seed: int = 49  # seeds weights, shuffling and noise: same seed, same numbers on CPU
+    limit: Optional[int] = None  # keep only the first N train and test images (tests and smoke runs)
+
+
+@dataclass
+class SAConfig:
+    forget: list = field(default_factory=lambda: [2])  # classes c_f to forget (one or more, not all)
+    lam: float = 100.0  # lambda: weight of the EWC penalty sum_i F_i (theta_i - theta*_i)^2
+    gamma: float = 1.0  # gamma: weight of the generative-replay term on the retained classes
+    sa_epochs: int = 10  # SA epochs; one SA epoch is one pass over the n_replay replay samples
+    lr: float = 1e-3  # Adam learning rate of SA (1e-4 in the paper needs ~10x the steps for the same forgetting)
+    batch: int = 256  # replay samples per step (and as many surrogate samples)
+    n_replay: int = 12800  # replay set size: 12800 / 256 = 50 steps per SA epoch, 500 steps by default
+    surrogate: str = "uniform"  # q(x|c_f): uniform | blank | class:K | path/to/images.npy
+    n_fisher: int = 50000  # samples for the diagonal Fisher (the paper's 50k)
+    fisher_batch: int = 500  # samples per Fisher batch (the fastest on a 2-core CPU)
+    method: str = "sa"  # only "sa" for now
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sa: SAConfig = field(default_factory=SAConfig)
+    eval_samples: int = 1000  # generated samples per class scored by the evaluator
+    mixed_precision: str = "no"  # no | fp16 | bf16, passed to Accelerate (the Fisher and EWC stay float32)
+    data_dir: Optional[str] = None  # another copy of the four MNIST files (default: the package's own)
+    quick: bool = False  # a ~90 s smoke run that already shows forgetting
+
+
+SECTIONS = {"model": ModelConfig, "train": TrainConfig, "sa": SAConfig}
+
+
+def _check_type(where: str, value, hint):
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:  # Optional[X]
+        if value is None:
+            return
+        hint = [a for a in typing.get_args(hint) if a is not type(None)][0]
+    ok = {int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          bool: lambda v: isinstance(v, bool), str: lambda v: isinstance(v, str),
+          list: lambda v: isinstance(v, list)}.get(hint, lambda v: True)
+    if not ok(value):
+        raise UsageError(f"config {where}: expected {getattr(hint, '__name__', hint)}, got {value!r}")
+
+
+def _build(cls, data: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UsageError(f"config {where}: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(names))})")
+    kwargs = {}
+    for k, v in data.items():
+        sub = SECTIONS.get(k) if cls is RunConfig else None
+        if sub is not None:
+            if not isinstance(v, dict):
+                raise UsageError(f"config {where}{k}: expected a mapping, got {v!r}")
+            kwargs[k] = _build(sub, v, f"{where}{k}.")
+        else:
+            _check_type(f"{where}{k}", v, hints[k])
+            kwargs[k] = float(v) if hints[k] is float else v
+    return cls(**kwargs)
+
+
+def load_config(path: str | Path) -> RunConfig:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except OSError as e:
+        raise UsageError(f"--config {path}: cannot read ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        raise UsageError(f"--config {path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"--config {path}: expected a mapping of sections (model, train, sa)")
+    return _build(RunConfig, data, "")
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    atomic_write_text(path, yaml.safe_dump(asdict(cfg), sort_keys=False))
+
+
+def _positive(name: str, value, integer: bool = True):
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise UsageError(f"{name} must be a positive {'integer' if integer else 'number'}, got {value}")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Every user-facing value checked once, with the argument's name in the message."""
+    m, t, s = cfg.model, cfg.train, cfg.sa
+    if m.arch not in ARCHS:
+        raise UsageError(f"--arch must be one of {', '.join(ARCHS)}, got {m.arch!r}")
+    if m.z_dim < 1:
+        raise UsageError(f"--z-dim must be >= 1, got {m.z_dim}")
+    for name, v in (("--epochs", t.epochs), ("--batch", t.batch), ("--sa_epochs", s.sa_epochs),
+                    ("sa.batch", s.batch), ("sa.n_replay", s.n_replay), ("--n-fisher", s.n_fisher),
+                    ("sa.fisher_batch", s.fisher_batch), ("eval_samples", cfg.eval_samples)):
+        _positive(name, v)
+    for name, v in (("--lr", t.lr), ("--sa-lr", s.lr)):
+        _positive(name, v, integer=False)
+    for name, v in (("--lam", s.lam), ("--gamma", s.gamma)):
+        if not (math.isfinite(v) and v >= 0):
+            raise UsageError(f"{name} must be a finite number >= 0, got {v}")
+    forget = s.forget
+    if not forget or any(not isinstance(c, int) or not 0 <= c < m.n_classes for c in forget):
+        raise UsageError(f"--forget takes classes in 0-{m.n_classes - 1}, got {forget}")
+    if len(set(forget)) != len(forget):
+        raise UsageError(f"--forget has a repeated class: {forget}")
+    if len(forget) >= m.n_classes:
+        raise UsageError(f"--forget cannot take all {m.n_classes} classes: nothing would be retained")
+    if cfg.mixed_precision not in MIXED_PRECISION:
+        raise UsageError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {cfg.mixed_precision!r}")
+    kind = s.surrogate
+    if not (kind in SURROGATE_KINDS or kind.startswith("class:") or kind.endswith(".npy")):
+        raise UsageError(f"--surrogate must be uniform, blank, class:K or a path to an .npy file, got {kind!r}")
+    return cfg

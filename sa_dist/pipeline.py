@@ -1,0 +1,178 @@
+"""The main job: baseline (cached) -> Fisher (cached) -> Selective Amnesia -> evaluation -> run directory."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, replace
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from accelerate.utils import broadcast_object_list, set_seed
+
+from .checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from .config import RunConfig, save_config, validate
+from .data import data_checksum, load_mnist, loaders
+from .evaluate import class_metrics, summarize, surrogate_metrics
+from .evaluator import get_evaluator
+from .models import build_model
+from .sa import selective_amnesia
+from .train import make_accelerator, train_vae
+from .utils import UserError, cache_root, stable_hash, write_json
+
+
+def quick_config(cfg: RunConfig) -> RunConfig:
+    """``--quick``: a ~90 s run on a 2-core CPU that already shows forgetting."""
+    return replace(cfg, quick=True, eval_samples=200, train=replace(cfg.train, epochs=2),
+                   sa=replace(cfg.sa, n_fisher=5000, sa_epochs=3))
+
+
+def baseline_key(cfg: RunConfig) -> str:
+    """Cache key: model and training config, mixed precision, data checksum, checkpoint format."""
+    return stable_hash({"model": asdict(cfg.model), "train": asdict(cfg.train), "mp": cfg.mixed_precision,
+                        "data": data_checksum(), "format": FORMAT_VERSION})
+
+
+def new_run_dir(cfg: RunConfig, run_dir: str | None, accelerator) -> Path:
+    """The main process picks a fresh directory (never an existing run's) and tells the others."""
+    chosen = [None]
+    if accelerator.is_main_process:
+        try:
+            chosen = [str(_fresh_dir(cfg, run_dir))]
+        except UserError as e:
+            chosen = [e]
+    broadcast_object_list(chosen)  # every rank raises the same error, none waits forever
+    if isinstance(chosen[0], UserError):
+        raise chosen[0]
+    return Path(chosen[0])
+
+
+def _fresh_dir(cfg: RunConfig, run_dir: str | None) -> Path:
+    if run_dir is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        base = Path("runs") / f"{cfg.model.arch}-forget{'_'.join(map(str, cfg.sa.forget))}-{stamp}"
+        path, i = base, 1
+        while path.exists():
+            path, i = Path(f"{base}-{i}"), i + 1
+    else:
+        path = Path(run_dir)
+        if (path / "results.json").exists():
+            raise UserError(f"--run-dir {path} already holds a finished run (results.json); choose another")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        (path / ".write-test").touch()
+        (path / ".write-test").unlink()
+    except OSError as e:
+        raise UserError(f"--run-dir {path} is not writable ({e.strerror})") from None
+    return path
+
+
+def get_baseline(cfg: RunConfig, accelerator, checkpoint: str | None = None):
+    """(model, info): from ``checkpoint``, from the cache, or trained now (all processes) and cached."""
+    if checkpoint:
+        model, meta = load_checkpoint(checkpoint, expect=cfg.model)
+        key = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
+        return model, {"key": key, "seconds": None, "cached": True, "history": None}
+    key = baseline_key(cfg)
+    path = cache_root() / "baselines" / key / "baseline.safetensors"
+    if path.is_file():
+        model, meta = load_checkpoint(path, expect=cfg.model)
+        return model, {"key": key, "seconds": float(meta["seconds"]), "cached": True,
+                       "history": json.loads(meta["history"])}
+    set_seed(cfg.train.seed)
+    tr, te = loaders(cfg.train.batch, cfg.train.seed, cfg.data_dir, cfg.train.limit)
+    t0 = time.perf_counter()
+    model, history = train_vae(build_model(cfg.model), tr, te, accelerator, cfg.train.epochs, cfg.train.lr,
+                               log_dir=path.parent / "tensorboard", config=asdict(cfg))
+    seconds = time.perf_counter() - t0
+    if accelerator.is_main_process:
+        save_checkpoint(path, model, extra={"seconds": seconds, "history": history, "config": asdict(cfg)})
+    accelerator.wait_for_everyone()
+    return model, {"key": key, "seconds": seconds, "cached": False, "history": history}
+
+
+def get_fisher(cfg: RunConfig, model, base_key: str, accelerator):
+    """(fisher, seconds, cached): the diagonal Fisher of the baseline, cached by baseline, samples and seed."""
+    from .fisher import diag_fisher, load_fisher, save_fisher
+
+    key = stable_hash({"baseline": base_key, "n": cfg.sa.n_fisher, "seed": cfg.train.seed, "format": FORMAT_VERSION})
+    path = cache_root() / "fisher" / f"fisher-{key}.safetensors"
+    if path.is_file():
+        return load_fisher(path, model), 0.0, True
+    t0 = time.perf_counter()
+    fisher = diag_fisher(model.to(accelerator.device), cfg.sa.n_fisher, seed=cfg.train.seed,
+                         batch=cfg.sa.fisher_batch, accelerator=accelerator)
+    seconds = time.perf_counter() - t0
+    if accelerator.is_main_process:
+        save_fisher(path, fisher, {"n_samples": cfg.sa.n_fisher, "seed": cfg.train.seed, "baseline": base_key})
+    accelerator.wait_for_everyone()
+    return fisher, seconds, False
+
+
+def evaluate_run(cfg: RunConfig, before, after, device) -> tuple[dict, float]:
+    """``before``/``after`` per-class metrics and the surrogate block (main process)."""
+    t0 = time.perf_counter()
+    evaluator, ev_info = get_evaluator(None, cfg.data_dir, limit=cfg.train.limit, device=device)
+    x_test, y_test = load_mnist(False, cfg.data_dir, cfg.train.limit)
+    out = {"evaluator": ev_info}
+    for name, model in (("before", before), ("after", after)):
+        out[name] = class_metrics(model.to(device), evaluator, x_test, y_test, cfg.eval_samples, cfg.train.seed)
+    out["surrogate"] = surrogate_metrics(cfg.sa.surrogate, cfg.sa.forget, before, after, evaluator,
+                                         cfg.eval_samples, cfg.train.seed)
+    return out, time.perf_counter() - t0
+
+
+def write_outputs(run_dir: Path, results: dict, before, after, forget):
+    from .viz import before_after_grid
+
+    save_checkpoint(run_dir / "unlearned.safetensors", after, kind="unlearned",
+                    extra={"forget": forget, "config": results["config"]})
+    before_after_grid(before, after, forget, run_dir / "samples_before_after.png")
+    write_json(run_dir / "results.json", results)
+
+
+def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | None = None, accelerator=None):
+    """The whole job under Accelerate; returns (results dict, run directory). Only the main process writes."""
+    cfg = validate(quick_config(cfg) if cfg.quick else cfg)
+    accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision)
+    out_dir = new_run_dir(cfg, run_dir, accelerator)
+    if accelerator.is_main_process:
+        save_config(cfg, out_dir / "config.yaml")
+    get_evaluator(accelerator, cfg.data_dir, limit=cfg.train.limit)  # trained once, before anything is timed
+    original, base = get_baseline(cfg, accelerator, checkpoint)
+    fisher, fisher_s, fisher_cached = get_fisher(cfg, original, base["key"], accelerator)
+    t0 = time.perf_counter()
+    set_seed(cfg.train.seed)
+    s = cfg.sa
+    after, history = selective_amnesia(original, fisher, s.forget, accelerator, lam=s.lam, gamma=s.gamma,
+                                       sa_epochs=s.sa_epochs, lr=s.lr, batch=s.batch, n_replay=s.n_replay,
+                                       surrogate=s.surrogate, seed=cfg.train.seed, log_dir=out_dir / "tensorboard",
+                                       config=asdict(cfg))
+    unlearn_s = time.perf_counter() - t0
+    results = None
+    if accelerator.is_main_process:
+        device = accelerator.device
+        metrics, eval_s = evaluate_run(cfg, original, after, device)
+        results = {"config": asdict(cfg), "forget_classes": s.forget, "processes": accelerator.num_processes,
+                   **metrics, "baseline": {k: base[k] for k in ("key", "cached", "history")},
+                   "sa_history": {"every": 10, "rows": history[::10] + history[-1:]},
+                   "timing_s": {"baseline": base["seconds"], "fisher": fisher_s, "fisher_cached": fisher_cached,
+                                "unlearn": unlearn_s, "evaluate": eval_s}}
+        results["summary"] = summarize(results)
+        write_outputs(out_dir, results, original.cpu(), after.cpu(), s.forget)
+    accelerator.wait_for_everyone()
+    return results, out_dir
+
+
+def report_line(results: dict, run_dir) -> str:
+    """A few lines for the terminal: forgetting, retention, cost, where the files are."""
+    s, t = results["summary"], results["timing_s"]
+    f = ", ".join(f"{k}: P {s['before']['forgotten_p_class'][k]:.3f} -> {v:.4f} (H {s['after']['forgotten_entropy'][k]:.2f})"
+                  for k, v in s["after"]["forgotten_p_class"].items())
+    sur = results["surrogate"]["nelbo"]
+    return (f"forgotten {f}; surrogate nELBO {sur['before']:.1f} -> {sur['after']:.1f} (floor {sur['floor']})\n"
+            f"retained sample_acc {s['before']['retained_sample_acc']:.4f} -> {s['after']['retained_sample_acc']:.4f}, "
+            f"test nELBO {s['before']['retained_test_nelbo']:.2f} -> {s['after']['retained_test_nelbo']:.2f}\n"
+            f"seconds: baseline {t['baseline']}, fisher {t['fisher']:.1f}, SA {t['unlearn']:.1f}, "
+            f"evaluate {t['evaluate']:.1f}\nresults: {run_dir}/results.json")

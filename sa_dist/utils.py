@@ -1,0 +1,57 @@
+"""Small shared pieces: the user-error type, atomic writes, the cache root, stable hashing."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+class UserError(Exception):
+    """Bad input from the user: scripts print its message as one line on stderr and exit non-zero."""
+
+    exit_code = 1
+
+
+class UsageError(UserError):
+    """A bad command-line argument or config value (exit code 2, like argparse)."""
+
+    exit_code = 2
+
+
+def cache_root() -> Path:
+    """Where baselines, Fisher matrices, the evaluator and the laid-out MNIST live (``$SA_DIST_CACHE``)."""
+    root = Path(os.environ.get("SA_DIST_CACHE", Path.home() / ".cache" / "sa_dist"))
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def stable_hash(obj) -> str:
+    """A short hash of a JSON-able object, for cache keys."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def atomic_write_bytes(path: Path | str, data: bytes) -> None:
+    """Write ``data`` to a temp file in the same folder, fsync, then rename: a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: Path | str, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def write_json(path: Path | str, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,64 @@
+"""Figures: titled sample grids, and the before/after grid with the forgotten rows marked."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display needed; figures are files (and TensorBoard images)
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from torchvision.utils import make_grid  # noqa: E402
+
+from .utils import atomic_write_bytes  # noqa: E402
+
+
+def _save(fig, path: str | Path | None, dpi: int = 150):
+    if path is not None:
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+        atomic_write_bytes(path, buf.getvalue())
+    plt.close(fig)
+
+
+def _grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
+    return make_grid(images.detach().cpu().float(), nrow=nrow, padding=2, pad_value=1.0)[0]  # (H, W)
+
+
+def show_grid(images: torch.Tensor, title: str, path: str | Path | None = None, nrow: int = 10):
+    """A titled grid of ``images`` ``(N, 1, 28, 28)`` in [0, 1], saved as a 150-dpi PNG when ``path`` is given."""
+    fig, ax = plt.subplots(figsize=(nrow * 0.45, (len(images) + nrow - 1) // nrow * 0.45 + 0.6))
+    ax.imshow(_grid(images, nrow), cmap="gray", vmin=0, vmax=1)
+    ax.set_title(title)
+    ax.axis("off")
+    _save(fig, path)
+
+
+@torch.no_grad()
+def class_rows(model, n_per_class: int = 10, seed: int = 0) -> torch.Tensor:
+    """``(n_classes * n, 1, 28, 28)`` samples, one row per class (the same latent codes in every row)."""
+    z = torch.randn(n_per_class, model.z_dim, generator=torch.Generator().manual_seed(seed))
+    dev = next(model.parameters()).device
+    model.eval()
+    rows = [torch.sigmoid(model.decode(z.to(dev), torch.full((n_per_class,), c, device=dev))).cpu()
+            for c in range(model.n_classes)]
+    return torch.cat(rows)
+
+
+def before_after_grid(before, after, forget: list[int], path: str | Path | None = None, seed: int = 0,
+                      title: str = "Selective Amnesia"):
+    """Samples before and after side by side, one row per class, forgotten rows marked in red."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 5.6))
+    for ax, model, name in zip(axes, (before, after), ("before (original)", "after SA")):
+        ax.imshow(_grid(class_rows(model, seed=seed), 10), cmap="gray", vmin=0, vmax=1)
+        ax.set_title(name)
+        ax.set_xticks([])
+        ax.set_yticks([2 + 15 + 30 * c for c in range(10)], [str(c) for c in range(10)])
+        ax.set_ylabel("class label c")
+        for c in forget:
+            ax.add_patch(plt.Rectangle((0.5, 30 * c + 0.5), 300, 30, fill=False, ec="red", lw=2))
+            ax.get_yticklabels()[c].set_color("red")
+    fig.suptitle(f"{title}: forgotten {', '.join(map(str, forget))} (red)")
+    fig.tight_layout()
+    _save(fig, path)

@@ -1,0 +1,44 @@
+"""Every test uses a private cache (baselines, Fisher, evaluator, laid-out MNIST) and small real-MNIST subsets."""
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+os.environ["SA_DIST_CACHE"] = tempfile.mkdtemp(prefix="sa_dist_test_cache_")
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+LIMIT = 2000  # images per split in tests
+
+
+def run_script(*args, timeout=300, env=None):
+    """Run a project script as a user would; returns CompletedProcess (text)."""
+    return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope="session")
+def accelerator():
+    from sa_dist.train import make_accelerator
+
+    return make_accelerator(cpu=True, project_dir=tempfile.mkdtemp())
+
+
+@pytest.fixture(scope="session")
+def tiny_baseline(tmp_path_factory, accelerator):
+    """A linear cVAE trained 2 epochs on 2000 real images, saved as a checkpoint: (model, path)."""
+    from accelerate.utils import set_seed
+
+    from sa_dist.checkpoint import save_checkpoint
+    from sa_dist.data import loaders
+    from sa_dist.models import ModelConfig, build_model
+    from sa_dist.train import train_vae
+
+    set_seed(0)
+    tr, te = loaders(128, seed=0, limit=LIMIT)
+    model, _ = train_vae(build_model(ModelConfig(arch="linear", width=128)), tr, te, accelerator, 2, 2e-3)
+    path = tmp_path_factory.mktemp("ckpt") / "baseline.safetensors"
+    save_checkpoint(path, model)
+    return model, path

@@ -1,0 +1,86 @@
+import json
+
+import pytest
+import torch
+import yaml
+
+from sa_dist.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint, save_tensors
+from sa_dist.cli import Parser, add_sa_args, add_train_args, config_from_args
+from sa_dist.config import RunConfig, load_config, save_config
+from sa_dist.models import ModelConfig, build_model
+from sa_dist.utils import UsageError, UserError
+
+
+def test_checkpoint_round_trip_rebuilds_the_model(tmp_path):
+    m = build_model(ModelConfig(arch="conv", z_dim=4, width=8))
+    m.enc[1].running_mean.fill_(0.25)  # buffers travel too
+    save_checkpoint(tmp_path / "c.safetensors", m, extra={"note": "x"})
+    m2, meta = load_checkpoint(tmp_path / "c.safetensors")
+    assert m2.cfg == m.cfg and meta["format_version"] == str(FORMAT_VERSION)
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
+    assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temp file left behind
+
+
+def test_bad_checkpoints_are_one_line_errors(tmp_path):
+    m = build_model(ModelConfig(arch="linear", width=64))
+    path = tmp_path / "c.safetensors"
+    save_checkpoint(path, m)
+    with pytest.raises(UserError, match="arch=linear, but the run asks for arch=conv"):
+        load_checkpoint(path, expect=ModelConfig(arch="conv"))
+    with pytest.raises(UserError, match="z_dim=8, but the run asks for z_dim=4"):
+        load_checkpoint(path, expect=ModelConfig(arch="linear", z_dim=4))
+    (tmp_path / "t.safetensors").write_bytes(path.read_bytes()[:500])
+    with pytest.raises(UserError, match="not a readable safetensors file"):
+        load_checkpoint(tmp_path / "t.safetensors")
+    save_tensors(tmp_path / "n.safetensors", m.state_dict(), {"model_config": {"arch": "linear"}})
+    blob = (tmp_path / "n.safetensors").read_bytes().replace(b'"format_version":"1"', b'"format_version":"9"')
+    (tmp_path / "n.safetensors").write_bytes(blob)
+    with pytest.raises(UserError, match="format version 9"):
+        load_checkpoint(tmp_path / "n.safetensors")
+
+
+def test_yaml_round_trip_and_shipped_configs(tmp_path):
+    from pathlib import Path
+    cfg = RunConfig()
+    save_config(cfg, tmp_path / "c.yaml")
+    assert load_config(tmp_path / "c.yaml") == cfg
+    shipped = sorted((Path(__file__).parents[1] / "sa_dist" / "configs").glob("*.yaml"))
+    assert [p.stem for p in shipped] == ["conv", "linear"]
+    assert [load_config(p).model.arch for p in shipped] == ["conv", "linear"]
+
+
+@pytest.mark.parametrize("text,match", [("train: {epochs: 5, foo: 1}", "unknown key 'foo'"),
+                                        ("train: {epochs: five}", "train.epochs: expected int"),
+                                        ("bogus: 1", "unknown key 'bogus'")])
+def test_bad_yaml_is_a_usage_error(tmp_path, text, match):
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(UsageError, match=match):
+        load_config(tmp_path / "c.yaml")
+
+
+def _args(*argv):
+    p = Parser()
+    add_train_args(p)
+    add_sa_args(p)
+    return p.parse_args(list(argv))
+
+
+def test_flags_override_the_config_file(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"model": {"arch": "linear"}, "sa": {"lam": 5.0}}))
+    cfg = config_from_args(_args("--config", str(tmp_path / "c.yaml"), "--lam", "7", "--forget", "3", "8"))
+    assert cfg.model.arch == "linear" and cfg.model.width == 512 and cfg.sa.lam == 7.0 and cfg.sa.forget == [3, 8]
+
+
+@pytest.mark.parametrize("argv,match", [(["--forget", "10"], "--forget takes classes in 0-9"),
+                                        (["--forget", "2", "2"], "repeated"),
+                                        (["--forget", *map(str, range(10))], "cannot take all"),
+                                        (["--lam", "-1"], "--lam must be a finite number >= 0"),
+                                        (["--gamma", "nan"], "--gamma must be a finite"),
+                                        (["--lr", "0"], "--lr must be a positive"),
+                                        (["--epochs", "0"], "--epochs must be a positive"),
+                                        (["--z-dim", "0"], "--z-dim must be >= 1"),
+                                        (["--arch", "mlp"], "--arch must be one of"),
+                                        (["--surrogate", "noise"], "--surrogate must be")])
+def test_bad_values_name_the_argument(argv, match):
+    with pytest.raises(UsageError, match=match):
+        config_from_args(_args(*argv))

@@ -1,0 +1,32 @@
+"""Two gloo ranks on the CPU (torchrun --nproc_per_node 2, Accelerator(cpu=True))."""
+import socket
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, run_script
+from sa_dist.checkpoint import load_checkpoint
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args, timeout=300):
+    return run_script("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+                      *args, timeout=timeout)
+
+
+@pytest.mark.parametrize("arch", ["conv", "linear"])
+def test_two_ranks_end_with_identical_weights_equal_to_the_saved_checkpoint(tmp_path, arch):
+    r = torchrun(ROOT / "tests" / "workers" / "ddp_train.py", tmp_path, arch)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in (0, 1))
+    saved, meta = load_checkpoint(tmp_path / "main.safetensors")
+    assert meta["processes"] == "2"
+    for k, v in saved.state_dict().items():
+        assert torch.equal(r0[k], r1[k]), k  # weights and batch-norm statistics (SyncBatchNorm)
+        assert torch.equal(r0[k], v), k

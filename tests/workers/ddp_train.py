@@ -1,0 +1,23 @@
+"""Run under torchrun --nproc_per_node 2: train a few steps; every rank dumps its weights, the main process saves."""
+import sys
+from pathlib import Path
+
+import torch
+from accelerate.utils import set_seed
+
+from sa_dist.checkpoint import save_checkpoint
+from sa_dist.data import loaders
+from sa_dist.models import ModelConfig, build_model
+from sa_dist.train import make_accelerator, train_vae
+
+out = Path(sys.argv[1])
+arch = sys.argv[2] if len(sys.argv) > 2 else "conv"
+acc = make_accelerator(cpu=True, project_dir=str(out))
+set_seed(0)
+tr, te = loaders(128, seed=0, limit=1024)
+model, hist = train_vae(build_model(ModelConfig(arch=arch, width=4 if arch == "conv" else 64)), tr, te, acc,
+                        epochs=1, lr=1e-3)
+torch.save(model.state_dict(), out / f"rank{acc.process_index}.pt")
+if acc.is_main_process:
+    save_checkpoint(out / "main.safetensors", model, extra={"processes": acc.num_processes, "history": hist})
+acc.wait_for_everyone()
