@@ -3,7 +3,7 @@
     from sa_dist import SelectiveAmnesiaVAE
     m = SelectiveAmnesiaVAE(z_dim=8, forget_class=2)
     m.train_baseline(epochs=100)
-    m.selective_amnesia(epochs=20, lambda_reg=100)
+    m.selective_amnesia(epochs=10, lambda_reg=1)
     m.visualize_results()
 """
 from __future__ import annotations
@@ -46,8 +46,8 @@ class SelectiveAmnesiaVAE:
                                                             self.accelerator, epochs, lr)
         return self
 
-    def selective_amnesia(self, epochs: int = 10, lambda_reg: float = 100.0, gamma: float = 1.0, lr: float = 1e-3,
-                          n_fisher: int = 50000, surrogate: str = "uniform"):
+    def selective_amnesia(self, epochs: int = 10, lambda_reg: float = 1.0, gamma: float = 1.0, lr: float | None = None,
+                          n_fisher: int = 20000, surrogate: str = "uniform"):
         """Fisher of theta*, then SA: surrogate on the forgotten class, replay and EWC on the rest."""
         from .fisher import diag_fisher
 
@@ -56,11 +56,13 @@ class SelectiveAmnesiaVAE:
         s = replace(self.cfg.sa, sa_epochs=epochs, lam=lambda_reg, gamma=gamma, lr=lr, n_fisher=n_fisher,
                     surrogate=surrogate)
         self.cfg = validate(replace(self.cfg, sa=s))
+        s = self.cfg.sa  # the per-arch lr resolved
         self.fisher = diag_fisher(self.original, n_fisher, seed=self.cfg.train.seed, accelerator=self.accelerator)
         set_seed(self.cfg.train.seed)
         self.unlearned, self.history["sa"] = selective_amnesia(
             self.original, self.fisher, s.forget, self.accelerator, lam=s.lam, gamma=s.gamma, sa_epochs=s.sa_epochs,
-            lr=s.lr, batch=s.batch, n_replay=s.n_replay, surrogate=s.surrogate, seed=self.cfg.train.seed)
+            lr=s.lr, batch=s.batch, n_replay=s.n_replay, surrogate=s.surrogate, surrogate_batch=s.surrogate_batch,
+            seed=self.cfg.train.seed)
         return self
 
     def evaluate(self, n_samples: int = 1000) -> dict:

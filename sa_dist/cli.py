@@ -47,13 +47,14 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
 
 def add_sa_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--forget", type=int, nargs="+", help="classes to forget (default 2), e.g. --forget 2 7")
-    p.add_argument("--lam", type=float, help="lambda, weight of the EWC term (default 100)")
+    p.add_argument("--lam", type=float, help="lambda, weight of the EWC term (default 1)")
     p.add_argument("--gamma", type=float, help="gamma, weight of the replay term (default 1)")
     p.add_argument("--sa_epochs", "--sa-epochs", dest="sa_epochs", type=int,
                    help="SA epochs, one = a pass over the replay set (default 10)")
-    p.add_argument("--sa-lr", type=float, help="SA Adam learning rate (default 1e-3)")
-    p.add_argument("--n-replay", type=int, help="replay set size (default 12800)")
-    p.add_argument("--n-fisher", type=int, help="samples for the Fisher (default 50000)")
+    p.add_argument("--sa-lr", type=float, help="SA Adam learning rate (default: conv 1e-3, linear 5e-4)")
+    p.add_argument("--n-replay", type=int, help="replay set size (default 15360: 60 steps of 256 per SA epoch)")
+    p.add_argument("--surrogate-batch", type=int, help="surrogate samples per SA step (default 128)")
+    p.add_argument("--n-fisher", type=int, help="samples for the Fisher (default 20000)")
     p.add_argument("--surrogate", help="uniform | blank | class:K | images.npy (default uniform)")
     p.add_argument("--eval-samples", type=int, help="samples per class scored by the evaluator (default 1000)")
     p.add_argument("--checkpoint", help="unlearn this baseline .safetensors instead of training/caching one")
@@ -64,7 +65,8 @@ FLAG_TO_FIELD = {"arch": ("model", "arch"), "z_dim": ("model", "z_dim"), "width"
                  "epochs": ("train", "epochs"), "batch": ("train", "batch"), "lr": ("train", "lr"),
                  "seed": ("train", "seed"), "limit": ("train", "limit"), "forget": ("sa", "forget"),
                  "lam": ("sa", "lam"), "gamma": ("sa", "gamma"), "sa_epochs": ("sa", "sa_epochs"),
-                 "sa_lr": ("sa", "lr"), "n_replay": ("sa", "n_replay"), "n_fisher": ("sa", "n_fisher"),
+                 "sa_lr": ("sa", "lr"), "n_replay": ("sa", "n_replay"),
+                 "surrogate_batch": ("sa", "surrogate_batch"), "n_fisher": ("sa", "n_fisher"),
                  "surrogate": ("sa", "surrogate"), "data_dir": (None, "data_dir"),
                  "mixed_precision": (None, "mixed_precision"), "eval_samples": (None, "eval_samples")}
 

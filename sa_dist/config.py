@@ -14,6 +14,7 @@ from .utils import UsageError, atomic_write_text
 
 SURROGATE_KINDS = ("uniform", "blank")  # plus "class:K" and a path to an .npy of images
 MIXED_PRECISION = ("no", "fp16", "bf16")
+SA_LR = {"conv": 1e-3, "linear": 5e-4}  # measured: the fastest that keep retained test nELBO within 2%
 
 
 @dataclass
@@ -28,14 +29,15 @@ class TrainConfig:
 @dataclass
 class SAConfig:
     forget: list = field(default_factory=lambda: [2])  # classes c_f to forget (one or more, not all)
-    lam: float = 100.0  # lambda: weight of the EWC penalty sum_i F_i (theta_i - theta*_i)^2
+    lam: float = 1.0  # lambda of the EWC penalty; the paper's 100 keeps P(y=c_f) ~ 0.9 here (README, "Choosing lambda")
     gamma: float = 1.0  # gamma: weight of the generative-replay term on the retained classes
     sa_epochs: int = 10  # SA epochs; one SA epoch is one pass over the n_replay replay samples
-    lr: float = 1e-3  # Adam learning rate of SA (1e-4 in the paper needs ~10x the steps for the same forgetting)
-    batch: int = 256  # replay samples per step (and as many surrogate samples)
-    n_replay: int = 12800  # replay set size: 12800 / 256 = 50 steps per SA epoch, 500 steps by default
+    lr: Optional[float] = None  # SA Adam lr; None = per arch: conv 1e-3, linear 5e-4 (README, "Choosing the defaults")
+    batch: int = 256  # replay samples per step
+    surrogate_batch: int = 128  # surrogate samples per step: half the replay batch, same forgetting, 25% cheaper
+    n_replay: int = 15360  # replay set size: 15360 / 256 = 60 steps per SA epoch, 600 steps by default
     surrogate: str = "uniform"  # q(x|c_f): uniform | blank | class:K | path/to/images.npy
-    n_fisher: int = 50000  # samples for the diagonal Fisher (the paper's 50k)
+    n_fisher: int = 20000  # Fisher samples: 20k keeps Fisher + SA <= 10% of baseline training (paper: 50k)
     fisher_batch: int = 500  # samples per Fisher batch (the fastest on a 2-core CPU)
     method: str = "sa"  # only "sa" for now
 
@@ -116,9 +118,12 @@ def validate(cfg: RunConfig) -> RunConfig:
     if m.z_dim < 1:
         raise UsageError(f"--z-dim must be >= 1, got {m.z_dim}")
     for name, v in (("--epochs", t.epochs), ("--batch", t.batch), ("--sa_epochs", s.sa_epochs),
-                    ("sa.batch", s.batch), ("sa.n_replay", s.n_replay), ("--n-fisher", s.n_fisher),
+                    ("sa.batch", s.batch), ("--surrogate-batch", s.surrogate_batch),
+                    ("sa.n_replay", s.n_replay), ("--n-fisher", s.n_fisher),
                     ("sa.fisher_batch", s.fisher_batch), ("eval_samples", cfg.eval_samples)):
         _positive(name, v)
+    if s.lr is None:
+        s.lr = SA_LR[m.arch]
     for name, v in (("--lr", t.lr), ("--sa-lr", s.lr)):
         _positive(name, v, integer=False)
     for name, v in (("--lam", s.lam), ("--gamma", s.gamma)):

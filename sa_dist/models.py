@@ -140,6 +140,8 @@ def elbo(model: nn.Module, x: torch.Tensor, c: torch.Tensor, eps: torch.Tensor |
     BCE(x, decoder(z)) summed over the 784 pixels + KL(q(z|x,c) || N(0, I)). Losses average it over the batch,
     so their scale never depends on the batch size."""
     logits, mu, logvar = model(x, c, eps)
-    rec = F.binary_cross_entropy_with_logits(logits.float(), x.float(), reduction="none").flatten(1).sum(1)
-    kl = 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).sum(1)
+    dt = torch.promote_types(logits.dtype, torch.float32)  # float32 under mixed precision, float64 stays float64
+    logits, x, mu, logvar = logits.to(dt), x.to(dt), mu.to(dt), logvar.to(dt)
+    rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
     return rec + kl

@@ -93,19 +93,22 @@ def get_baseline(cfg: RunConfig, accelerator, checkpoint: str | None = None):
 
 
 def get_fisher(cfg: RunConfig, model, base_key: str, accelerator):
-    """(fisher, seconds, cached): the diagonal Fisher of the baseline, cached by baseline, samples and seed."""
+    """(fisher, seconds, cached): the diagonal Fisher of the baseline, cached by baseline, samples and seed.
+    ``seconds`` is what computing it took, also when it comes from the cache."""
     from .fisher import diag_fisher, load_fisher, save_fisher
 
     key = stable_hash({"baseline": base_key, "n": cfg.sa.n_fisher, "seed": cfg.train.seed, "format": FORMAT_VERSION})
     path = cache_root() / "fisher" / f"fisher-{key}.safetensors"
     if path.is_file():
-        return load_fisher(path, model), 0.0, True
+        from .checkpoint import load_tensors
+        return load_fisher(path, model), float(load_tensors(path, "Fisher file")[1].get("seconds", "nan")), True
     t0 = time.perf_counter()
     fisher = diag_fisher(model.to(accelerator.device), cfg.sa.n_fisher, seed=cfg.train.seed,
                          batch=cfg.sa.fisher_batch, accelerator=accelerator)
     seconds = time.perf_counter() - t0
     if accelerator.is_main_process:
-        save_fisher(path, fisher, {"n_samples": cfg.sa.n_fisher, "seed": cfg.train.seed, "baseline": base_key})
+        save_fisher(path, fisher, {"n_samples": cfg.sa.n_fisher, "seed": cfg.train.seed, "baseline": base_key,
+                                   "seconds": seconds})
     accelerator.wait_for_everyone()
     return fisher, seconds, False
 
@@ -147,7 +150,8 @@ def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | No
     s = cfg.sa
     after, history = selective_amnesia(original, fisher, s.forget, accelerator, lam=s.lam, gamma=s.gamma,
                                        sa_epochs=s.sa_epochs, lr=s.lr, batch=s.batch, n_replay=s.n_replay,
-                                       surrogate=s.surrogate, seed=cfg.train.seed, log_dir=out_dir / "tensorboard",
+                                       surrogate=s.surrogate, surrogate_batch=s.surrogate_batch,
+                                       seed=cfg.train.seed, log_dir=out_dir / "tensorboard",
                                        config=asdict(cfg))
     unlearn_s = time.perf_counter() - t0
     results = None
@@ -168,8 +172,8 @@ def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | No
 def report_line(results: dict, run_dir) -> str:
     """A few lines for the terminal: forgetting, retention, cost, where the files are."""
     s, t = results["summary"], results["timing_s"]
-    f = ", ".join(f"{k}: P {s['before']['forgotten_p_class'][k]:.3f} -> {v:.4f} (H {s['after']['forgotten_entropy'][k]:.2f})"
-                  for k, v in s["after"]["forgotten_p_class"].items())
+    f = ", ".join(f"{k}: P {s['before']['forgotten_p_class'][k]:.3f} -> {v:.4f} "
+                  f"(H {s['after']['forgotten_entropy'][k]:.2f})" for k, v in s["after"]["forgotten_p_class"].items())
     sur = results["surrogate"]["nelbo"]
     return (f"forgotten {f}; surrogate nELBO {sur['before']:.1f} -> {sur['after']:.1f} (floor {sur['floor']})\n"
             f"retained sample_acc {s['before']['retained_sample_acc']:.4f} -> {s['after']['retained_sample_acc']:.4f}, "

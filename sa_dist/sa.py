@@ -96,32 +96,35 @@ def _loader(ds, batch: int, seed: int) -> DataLoader:
                       generator=torch.Generator().manual_seed(seed))
 
 
-def _step_terms(model, xs, cs, xr, cr, fisher, theta_star, net, lam, gamma):
+def _step_terms(model, xs, cs, xr, cr, fisher, theta_star, net, lam, gamma, alpha=1.0):
     surrogate = elbo(model, xs, cs).mean()  # -E_q ELBO on the forgotten classes
     replay = elbo(model, xr, cr).mean()  # -E_p(x|theta*) ELBO on the retained classes
     ewc = ewc_penalty(net, fisher, theta_star)
-    return surrogate, replay, ewc, surrogate + gamma * replay + lam * ewc
+    return surrogate, replay, ewc, alpha * surrogate + gamma * replay + lam * ewc
 
 
-def selective_amnesia(model: CVAE, fisher: dict, forget: list[int], accelerator, *, lam: float = 100.0,
+def selective_amnesia(model: CVAE, fisher: dict, forget: list[int], accelerator, *, lam: float = 1.0,
                       gamma: float = 1.0, sa_epochs: int = 10, lr: float = 1e-3, batch: int = 256,
-                      n_replay: int = 12800, surrogate: str = "uniform", seed: int = 0,
-                      log_dir: str | Path | None = None, config: dict | None = None, sync_bn: bool = True):
+                      n_replay: int = 15360, surrogate: str = "uniform", seed: int = 0,
+                      log_dir: str | Path | None = None, config: dict | None = None, sync_bn: bool = True,
+                      alpha: float = 1.0, surrogate_batch: int | None = 128):
     """Minimise the SA objective (module docstring) from theta* = ``model``; return (unlearned model, history).
 
-    An SA epoch is one pass over the replay set of ``n_replay`` samples (default 12800 = 50 steps of 256), each
-    step pairing a replay batch with an equal surrogate batch. Each process draws its own replay and surrogate
-    share (n_replay / processes) with its own seed; gradients are averaged by DDP. Batch norm stays in eval mode
-    (the running statistics of theta* on real data are kept), so the objective is the very function whose Fisher
-    was taken, and a sample's loss does not depend on the rest of its batch. ``history`` holds floats per step."""
+    An SA epoch is one pass over the replay set of ``n_replay`` samples (default 15360 = 60 steps of 256), each
+    step pairing a replay batch with a surrogate batch of ``surrogate_batch`` (None: ``batch``). Each process
+    draws its own replay and surrogate share (n_replay / processes) with its own seed; gradients are averaged by
+    DDP. Batch norm stays in eval mode (the running statistics of theta* on real data are kept), so the objective
+    is the very function whose Fisher was taken, and a sample's loss does not depend on the rest of its batch. ``history`` holds floats per step.
+    ``alpha`` weighs the surrogate term (1 in the paper; 0 leaves replay and EWC alone, an ablation)."""
     rank, world = accelerator.process_index, accelerator.num_processes
     frozen = plain_copy(model).to(accelerator.device).requires_grad_(False)  # p(x|theta*), never wrapped
     theta_star = {k: v.detach().float().clone() for k, v in frozen.named_parameters()}
     fisher = {k: v.to(accelerator.device, torch.float32) for k, v in fisher.items()}
     share, local_batch = math.ceil(n_replay / world), max(1, batch // world)
+    local_sb = max(1, (surrogate_batch or batch) // world)
     replay = _loader(replay_dataset(frozen, forget, share, seed=seed * 7919 + 2 * rank), local_batch, seed + rank)
-    surr = _loader(surrogate_dataset(surrogate, share, forget, frozen, seed=seed * 7919 + 2 * rank + 1),
-                   local_batch, seed + rank + 10_000)
+    surr = surrogate_dataset(surrogate, len(replay) * local_sb, forget, frozen, seed=seed * 7919 + 2 * rank + 1)
+    surr = _loader(surr, local_sb, seed + rank + 10_000)  # one surrogate batch per replay batch
     net = wrap_model(accelerator, copy.deepcopy(frozen).requires_grad_(True), sync_bn)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     net, opt = accelerator.prepare(net, opt)
@@ -135,7 +138,7 @@ def selective_amnesia(model: CVAE, fisher: dict, forget: list[int], accelerator,
         for (xr, cr), (xs, cs) in zip(replay, surr):
             step += 1
             terms = _step_terms(net, xs.to(dev), cs.to(dev), xr.to(dev), cr.to(dev), fisher, theta_star, inner,
-                                lam, gamma)
+                                lam, gamma, alpha)
             row = {"step": step, **dict(zip(("surrogate_nelbo", "replay_nelbo", "ewc", "loss"),
                                             (t.item() for t in terms)))}
             for term in ("surrogate_nelbo", "replay_nelbo", "ewc", "loss"):

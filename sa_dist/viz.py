@@ -23,7 +23,7 @@ def _save(fig, path: str | Path | None, dpi: int = 150):
 
 
 def _grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
-    return make_grid(images.detach().cpu().float(), nrow=nrow, padding=2, pad_value=1.0)[0]  # (H, W)
+    return make_grid(images.detach().cpu().float(), nrow=nrow, padding=2, pad_value=1.0)[0].numpy()  # (H, W)
 
 
 def show_grid(images: torch.Tensor, title: str, path: str | Path | None = None, nrow: int = 10):

@@ -30,3 +30,14 @@ def test_two_ranks_end_with_identical_weights_equal_to_the_saved_checkpoint(tmp_
     for k, v in saved.state_dict().items():
         assert torch.equal(r0[k], r1[k]), k  # weights and batch-norm statistics (SyncBatchNorm)
         assert torch.equal(r0[k], v), k
+
+
+def test_unlearn_runs_end_to_end_on_two_ranks(tmp_path):
+    import json
+
+    from test_scripts import TINY
+    r = torchrun(ROOT / "scripts" / "unlearn.py", *TINY, "--run-dir", tmp_path / "r")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res["processes"] == 2 and sorted(res["after"]["per_class"], key=int) == [str(c) for c in range(10)]
+    assert res["surrogate"]["nelbo"]["after"] < res["surrogate"]["nelbo"]["before"]
