@@ -19,7 +19,7 @@ def row(run_dir: Path) -> dict:
     acc_drop = 100 * (b["retained_sample_acc"] - a["retained_sample_acc"])
     nelbo_rise = 100 * (a["retained_test_nelbo"] / b["retained_test_nelbo"] - 1)
     cost = (t["fisher"] + t["unlearn"]) / t["baseline"] if t["baseline"] else None
-    return {"run": run_dir.name, "arch": r["config"]["model"]["arch"], "forget": fc,
+    return {"run": run_dir.name, "arch": r["config"]["model"]["arch"], "forget": fc, "lam": r["config"]["sa"]["lam"],
             "p_before": max(b["forgotten_p_class"][k] for k in fc), "p_after": p_after,
             "entropy_after": max(a["forgotten_entropy"][k] for k in fc), "ideal_p": ideal,
             "ideal_entropy": sur["ideal"]["entropy"], "raw_surrogate_entropy": sur["samples"]["entropy"],
@@ -34,12 +34,12 @@ def row(run_dir: Path) -> dict:
 
 
 def markdown(rows: list) -> str:
-    out = ["| arch | forget | P(y=c_f) before → after (bar ≤ 0.01) | H after (ideal, raw) "
+    out = ["| arch | forget | λ | P(y=c_f) before → after (bar ≤ 0.01) | H after (ideal, raw) "
            "| surrogate nELBO (gap to 543.4) | retained acc before → after | retained test nELBO before → after | Fisher + SA / baseline |",
-           "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+           "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         s = r["seconds"]
-        out.append(f"| {r['arch']} | {','.join(r['forget'])} | {r['p_before']:.3f} → {r['p_after']:.4f} "
+        out.append(f"| {r['arch']} | {','.join(r['forget'])} | {r['lam']:g} | {r['p_before']:.3f} → {r['p_after']:.4f} "
                    f"| {r['entropy_after']:.2f} ({r['ideal_entropy']:.2f}, {r['raw_surrogate_entropy']:.2f}) "
                    f"| {r['surrogate_nelbo_after']:.1f} ({r['surrogate_gap_pct']:.2f}%) "
                    f"| {100 * r['retained_acc_before']:.2f}% → {100 * r['retained_acc_after']:.2f}% "

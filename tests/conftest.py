@@ -19,15 +19,20 @@ def run_script(*args, timeout=300, env=None):
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
-@pytest.fixture(scope="session")
-def accelerator():
+def _accelerator():
     from sa_dist.train import make_accelerator
 
     return make_accelerator(cpu=True, project_dir=tempfile.mkdtemp())
 
 
+@pytest.fixture
+def accelerator():
+    """A CPU Accelerator per test (a test may reset Accelerate's global state)."""
+    return _accelerator()
+
+
 @pytest.fixture(scope="session")
-def tiny_baseline(tmp_path_factory, accelerator):
+def tiny_baseline(tmp_path_factory):
     """A linear cVAE trained 2 epochs on 2000 real images, saved as a checkpoint: (model, path)."""
     from accelerate.utils import set_seed
 
@@ -38,7 +43,7 @@ def tiny_baseline(tmp_path_factory, accelerator):
 
     set_seed(0)
     tr, te = loaders(128, seed=0, limit=LIMIT)
-    model, _ = train_vae(build_model(ModelConfig(arch="linear", width=128)), tr, te, accelerator, 2, 2e-3)
+    model, _ = train_vae(build_model(ModelConfig(arch="linear", width=128)), tr, te, _accelerator(), 2, 2e-3)
     path = tmp_path_factory.mktemp("ckpt") / "baseline.safetensors"
     save_checkpoint(path, model)
     return model, path

@@ -144,6 +144,7 @@ def test_diag_fisher_ignores_mixed_precision():
     model = small_model("linear")
     want = diag_fisher(model, n_samples=200, seed=0, progress=False)
     try:
+        AcceleratorState._reset_state(reset_partial_state=True)  # other tests may have made a float32 state
         accelerator = Accelerator(cpu=True, mixed_precision="bf16")
         prepared = accelerator.prepare(model)
         assert "_original_forward" in prepared.__dict__  # forward now runs under bf16 autocast
