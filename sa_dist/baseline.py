@@ -17,6 +17,21 @@ from .train import make_accelerator, train_vae
 from .utils import UserError, write_json
 
 
+def train_baseline(cfg: RunConfig, accelerator, log_dir: Path | None) -> tuple:
+    """Baseline training of ``cfg`` on real MNIST: ``(plain model, per-epoch history, seconds)``."""
+    set_seed(cfg.train.seed)
+    tr, te = loaders(cfg.train.batch, cfg.train.seed, cfg.data_dir, cfg.train.limit)
+    t0 = time.perf_counter()
+    model, history = train_vae(build_model(cfg.model), tr, te, accelerator, cfg.train.epochs, cfg.train.lr,
+                               log_dir=log_dir, config=asdict(cfg))
+    return model, history, time.perf_counter() - t0
+
+
+def save_baseline(path: Path, model, history: list, seconds: float, cfg: RunConfig) -> None:
+    """The checkpoint with its training seconds, history and run config in the metadata (main process)."""
+    save_checkpoint(path, model, extra={"seconds": seconds, "history": history, "config": asdict(cfg)})
+
+
 def run_baseline(cfg: RunConfig, run_dir: str | None = None, accelerator=None) -> tuple[dict | None, Path]:
     """Train, save ``baseline.safetensors``, ``config.yaml``, ``metrics.json`` (main process) and TensorBoard logs."""
     from .pipeline import new_run_dir
@@ -27,16 +42,10 @@ def run_baseline(cfg: RunConfig, run_dir: str | None = None, accelerator=None) -
         if (out / "baseline.safetensors").exists():
             raise UserError(f"--run-dir {out} already holds a baseline.safetensors; choose another")
         save_config(cfg, out / "config.yaml")
-    set_seed(cfg.train.seed)
-    tr, te = loaders(cfg.train.batch, cfg.train.seed, cfg.data_dir, cfg.train.limit)
-    t0 = time.perf_counter()
-    model, history = train_vae(build_model(cfg.model), tr, te, accelerator, cfg.train.epochs, cfg.train.lr,
-                               log_dir=out / "tensorboard", config=asdict(cfg))
-    seconds = time.perf_counter() - t0
+    model, history, seconds = train_baseline(cfg, accelerator, out / "tensorboard")
     metrics = None
     if accelerator.is_main_process:
-        save_checkpoint(out / "baseline.safetensors", model, extra={"seconds": seconds, "history": history,
-                                                                    "config": asdict(cfg)})
+        save_baseline(out / "baseline.safetensors", model, history, seconds, cfg)
         evaluator, ev_info = get_evaluator(None, cfg.data_dir, limit=cfg.train.limit)
         x, y = load_mnist(False, cfg.data_dir, cfg.train.limit)
         metrics = {"config": asdict(cfg), "processes": accelerator.num_processes, "seconds": seconds,

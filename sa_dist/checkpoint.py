@@ -45,6 +45,14 @@ def load_tensors(path: Path | str, what: str = "checkpoint") -> tuple[dict[str, 
     return tensors, meta
 
 
+def read_metadata(path: Path | str) -> dict:
+    """The string metadata of a safetensors file, without reading its tensors."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return f.metadata() or {}
+
+
 def save_checkpoint(path: Path | str, model: torch.nn.Module, kind: str = "baseline", extra: dict | None = None):
     """The model's state_dict (weights and batch-norm buffers) plus its ``ModelConfig`` in the metadata."""
     meta = {"kind": kind, "model_config": asdict(model.cfg), **(extra or {})}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 from functools import lru_cache
 from pathlib import Path
 
@@ -128,7 +127,3 @@ def loaders(batch: int = 256, seed: int = 0, data_dir: str | None = None, limit:
             x, y = x[keep], y[keep]
         out.append(batch_loader(x, y, batch=batch, shuffle=train, seed=seed))
     return out[0], out[1]
-
-
-def default_workers() -> int:
-    return int(os.environ.get("SA_DIST_WORKERS", "0"))

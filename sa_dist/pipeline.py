@@ -8,17 +8,15 @@ from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
-import torch
 from accelerate.utils import broadcast_object_list, set_seed
 
-from .checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from .checkpoint import FORMAT_VERSION, load_checkpoint, read_metadata, save_checkpoint
 from .config import RunConfig, save_config, validate
-from .data import data_checksum, load_mnist, loaders
+from .data import data_checksum, load_mnist
 from .evaluate import class_metrics, summarize, surrogate_metrics
 from .evaluator import get_evaluator
-from .models import build_model
 from .sa import selective_amnesia
-from .train import make_accelerator, train_vae
+from .train import make_accelerator
 from .utils import UserError, cache_root, stable_hash, write_json
 
 
@@ -80,14 +78,11 @@ def get_baseline(cfg: RunConfig, accelerator, checkpoint: str | None = None):
         model, meta = load_checkpoint(path, expect=cfg.model)
         return model, {"key": key, "seconds": float(meta["seconds"]), "cached": True,
                        "history": json.loads(meta["history"])}
-    set_seed(cfg.train.seed)
-    tr, te = loaders(cfg.train.batch, cfg.train.seed, cfg.data_dir, cfg.train.limit)
-    t0 = time.perf_counter()
-    model, history = train_vae(build_model(cfg.model), tr, te, accelerator, cfg.train.epochs, cfg.train.lr,
-                               log_dir=path.parent / "tensorboard", config=asdict(cfg))
-    seconds = time.perf_counter() - t0
+    from .baseline import save_baseline, train_baseline
+
+    model, history, seconds = train_baseline(cfg, accelerator, path.parent / "tensorboard")
     if accelerator.is_main_process:
-        save_checkpoint(path, model, extra={"seconds": seconds, "history": history, "config": asdict(cfg)})
+        save_baseline(path, model, history, seconds, cfg)
     accelerator.wait_for_everyone()
     return model, {"key": key, "seconds": seconds, "cached": False, "history": history}
 
@@ -100,8 +95,7 @@ def get_fisher(cfg: RunConfig, model, base_key: str, accelerator):
     key = stable_hash({"baseline": base_key, "n": cfg.sa.n_fisher, "seed": cfg.train.seed, "format": FORMAT_VERSION})
     path = cache_root() / "fisher" / f"fisher-{key}.safetensors"
     if path.is_file():
-        from .checkpoint import load_tensors
-        return load_fisher(path, model), float(load_tensors(path, "Fisher file")[1].get("seconds", "nan")), True
+        return load_fisher(path, model), float(read_metadata(path).get("seconds", "nan")), True
     t0 = time.perf_counter()
     fisher = diag_fisher(model.to(accelerator.device), cfg.sa.n_fisher, seed=cfg.train.seed,
                          batch=cfg.sa.fisher_batch, accelerator=accelerator)

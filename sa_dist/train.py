@@ -131,7 +131,7 @@ def train_vae(model: nn.Module, train_loader, test_loader, accelerator: Accelera
     bar = tqdm(total=epochs * len(train_loader), desc="baseline", disable=not accelerator.is_local_main_process)
     history, step = [], 0
     for epoch in range(1, epochs + 1):
-        t0, total, count = time.perf_counter(), torch.zeros(2, dtype=torch.float64), 0
+        t0, total = time.perf_counter(), torch.zeros(2, dtype=torch.float64)
         model.train()
         for x, c in train_loader:
             loss = elbo(model, x, c).mean()

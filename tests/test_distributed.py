@@ -1,6 +1,5 @@
 """Two gloo ranks on the CPU (torchrun --nproc_per_node 2, Accelerator(cpu=True))."""
 import socket
-import sys
 
 import pytest
 import torch
