@@ -12,16 +12,15 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from accelerate.utils import set_seed
-
+from .baseline import train_baseline
 from .checkpoint import save_checkpoint
 from .config import RunConfig, SAConfig, TrainConfig, validate
-from .data import load_mnist, loaders
-from .evaluate import class_metrics, summarize, surrogate_metrics
+from .data import load_mnist
+from .evaluate import compare
 from .evaluator import get_evaluator
-from .models import ModelConfig, build_model
-from .sa import selective_amnesia
-from .train import make_accelerator, train_vae
+from .models import ModelConfig
+from .pipeline import unlearn_from_config
+from .train import make_accelerator
 
 
 class SelectiveAmnesiaVAE:
@@ -40,14 +39,12 @@ class SelectiveAmnesiaVAE:
     def train_baseline(self, epochs: int = 50, batch: int = 256, lr: float = 5e-4):
         """Train theta* on all classes (real MNIST)."""
         self.cfg = validate(replace(self.cfg, train=replace(self.cfg.train, epochs=epochs, batch=batch, lr=lr)))
-        set_seed(self.cfg.train.seed)
-        tr, te = loaders(batch, self.cfg.train.seed, self.cfg.data_dir, self.cfg.train.limit)
-        self.original, self.history["baseline"] = train_vae(build_model(self.cfg.model), tr, te,
-                                                            self.accelerator, epochs, lr)
+        self.original, self.history["baseline"], _ = train_baseline(self.cfg, self.accelerator, log_dir=None)
         return self
 
-    def selective_amnesia(self, epochs: int = 10, lambda_reg: float = 1.0, gamma: float = 1.0, lr: float | None = None,
-                          n_fisher: int = 20000, surrogate: str = "uniform"):
+    def selective_amnesia(self, epochs: int = SAConfig.sa_epochs, lambda_reg: float = SAConfig.lam,
+                          gamma: float = SAConfig.gamma, lr: float | None = None, n_fisher: int = SAConfig.n_fisher,
+                          surrogate: str = SAConfig.surrogate):
         """Fisher of theta*, then SA: surrogate on the forgotten class, replay and EWC on the rest."""
         from .fisher import diag_fisher
 
@@ -56,26 +53,17 @@ class SelectiveAmnesiaVAE:
         s = replace(self.cfg.sa, sa_epochs=epochs, lam=lambda_reg, gamma=gamma, lr=lr, n_fisher=n_fisher,
                     surrogate=surrogate)
         self.cfg = validate(replace(self.cfg, sa=s))
-        s = self.cfg.sa  # the per-arch lr resolved
         self.fisher = diag_fisher(self.original, n_fisher, seed=self.cfg.train.seed, accelerator=self.accelerator)
-        set_seed(self.cfg.train.seed)
-        self.unlearned, self.history["sa"] = selective_amnesia(
-            self.original, self.fisher, s.forget, self.accelerator, lam=s.lam, gamma=s.gamma, sa_epochs=s.sa_epochs,
-            lr=s.lr, batch=s.batch, n_replay=s.n_replay, surrogate=s.surrogate, surrogate_batch=s.surrogate_batch,
-            seed=self.cfg.train.seed)
+        self.unlearned, self.history["sa"] = unlearn_from_config(self.cfg, self.original, self.fisher,
+                                                                 self.accelerator)
         return self
 
     def evaluate(self, n_samples: int = 1000) -> dict:
         """results.json's ``before``/``after``/``surrogate``/``summary`` blocks for this object."""
         evaluator, _ = get_evaluator(None, self.cfg.data_dir, limit=self.cfg.train.limit)
         x, y = load_mnist(False, self.cfg.data_dir, self.cfg.train.limit)
-        out = {"forget_classes": self.cfg.sa.forget}
-        for name, model in (("before", self.original), ("after", self.unlearned)):
-            out[name] = class_metrics(model, evaluator, x, y, n_samples, self.cfg.train.seed)
-        out["surrogate"] = surrogate_metrics(self.cfg.sa.surrogate, self.cfg.sa.forget, self.original,
-                                             self.unlearned, evaluator, n_samples, self.cfg.train.seed)
-        out["summary"] = summarize(out)
-        return out
+        return compare(self.original, self.unlearned, evaluator, x, y, self.cfg.sa.forget, self.cfg.sa.surrogate,
+                       n_samples, self.cfg.train.seed)
 
     def visualize_results(self, out_dir: str | Path = "sa_figures") -> list[Path]:
         """Before/after samples, one row per class; shown when there is a display, always saved as PNG."""

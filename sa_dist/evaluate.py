@@ -84,3 +84,14 @@ def summarize(results: dict) -> dict:
                      "retained_sample_acc": sum(v["sample_acc"] for v in kept) / len(kept),
                      "retained_test_nelbo": sum(v["test_nelbo"] for v in kept) / len(kept)}
     return out
+
+
+def compare(before: CVAE, after: CVAE, evaluator, x_test, y_test, forget: list[int], surrogate: str,
+            n_samples: int = 1000, seed: int = 0) -> dict:
+    """results.json's ``forget_classes``, ``before``, ``after``, ``surrogate`` and ``summary`` blocks."""
+    out = {"forget_classes": list(forget)}
+    for name, model in (("before", before), ("after", after)):
+        out[name] = class_metrics(model, evaluator, x_test, y_test, n_samples, seed)
+    out["surrogate"] = surrogate_metrics(surrogate, list(forget), before, after, evaluator, n_samples, seed)
+    out["summary"] = summarize(out)
+    return out

@@ -13,7 +13,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 from .checkpoint import FORMAT_VERSION, load_checkpoint, read_metadata, save_checkpoint
 from .config import RunConfig, save_config, validate
 from .data import data_checksum, load_mnist
-from .evaluate import class_metrics, summarize, surrogate_metrics
+from .evaluate import compare
 from .evaluator import get_evaluator
 from .sa import selective_amnesia
 from .train import make_accelerator
@@ -112,12 +112,19 @@ def evaluate_run(cfg: RunConfig, before, after, device) -> tuple[dict, float]:
     t0 = time.perf_counter()
     evaluator, ev_info = get_evaluator(None, cfg.data_dir, limit=cfg.train.limit, device=device)
     x_test, y_test = load_mnist(False, cfg.data_dir, cfg.train.limit)
-    out = {"evaluator": ev_info}
-    for name, model in (("before", before), ("after", after)):
-        out[name] = class_metrics(model.to(device), evaluator, x_test, y_test, cfg.eval_samples, cfg.train.seed)
-    out["surrogate"] = surrogate_metrics(cfg.sa.surrogate, cfg.sa.forget, before, after, evaluator,
-                                         cfg.eval_samples, cfg.train.seed)
+    out = {"evaluator": ev_info, **compare(before.to(device), after.to(device), evaluator, x_test, y_test,
+                                           cfg.sa.forget, cfg.sa.surrogate, cfg.eval_samples, cfg.train.seed)}
     return out, time.perf_counter() - t0
+
+
+def unlearn_from_config(cfg: RunConfig, original, fisher: dict, accelerator, log_dir=None):
+    """``selective_amnesia`` with every setting taken from ``cfg.sa`` (seeded): (unlearned model, history)."""
+    s = cfg.sa
+    set_seed(cfg.train.seed)
+    return selective_amnesia(original, fisher, s.forget, accelerator, lam=s.lam, gamma=s.gamma,
+                             sa_epochs=s.sa_epochs, lr=s.lr, batch=s.batch, n_replay=s.n_replay,
+                             surrogate=s.surrogate, surrogate_batch=s.surrogate_batch, seed=cfg.train.seed,
+                             log_dir=log_dir, config=asdict(cfg))
 
 
 def write_outputs(run_dir: Path, results: dict, before, after, forget):
@@ -140,25 +147,17 @@ def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | No
     original, base = get_baseline(cfg, accelerator, checkpoint)
     fisher, fisher_s, fisher_cached = get_fisher(cfg, original, base["key"], accelerator)
     t0 = time.perf_counter()
-    set_seed(cfg.train.seed)
-    s = cfg.sa
-    after, history = selective_amnesia(original, fisher, s.forget, accelerator, lam=s.lam, gamma=s.gamma,
-                                       sa_epochs=s.sa_epochs, lr=s.lr, batch=s.batch, n_replay=s.n_replay,
-                                       surrogate=s.surrogate, surrogate_batch=s.surrogate_batch,
-                                       seed=cfg.train.seed, log_dir=out_dir / "tensorboard",
-                                       config=asdict(cfg))
+    after, history = unlearn_from_config(cfg, original, fisher, accelerator, out_dir / "tensorboard")
     unlearn_s = time.perf_counter() - t0
     results = None
     if accelerator.is_main_process:
         device = accelerator.device
         metrics, eval_s = evaluate_run(cfg, original, after, device)
-        results = {"config": asdict(cfg), "forget_classes": s.forget, "processes": accelerator.num_processes,
-                   **metrics, "baseline": {k: base[k] for k in ("key", "cached", "history")},
+        results = {"config": asdict(cfg), "processes": accelerator.num_processes, **metrics, "baseline": {k: base[k] for k in ("key", "cached", "history")},
                    "sa_history": {"every": 10, "rows": history[::10] + history[-1:]},
                    "timing_s": {"baseline": base["seconds"], "fisher": fisher_s, "fisher_cached": fisher_cached,
                                 "unlearn": unlearn_s, "evaluate": eval_s}}
-        results["summary"] = summarize(results)
-        write_outputs(out_dir, results, original.cpu(), after.cpu(), s.forget)
+        write_outputs(out_dir, results, original.cpu(), after.cpu(), cfg.sa.forget)
     accelerator.wait_for_everyone()
     return results, out_dir
 

@@ -19,6 +19,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from .config import SA_LR, SAConfig
 from .data import TensorBatches, _identity
 from .models import CVAE, elbo
 from .train import check_finite, plain_copy, start_tracking, stop_tracking, wrap_model
@@ -103,11 +104,12 @@ def _step_terms(model, xs, cs, xr, cr, fisher, theta_star, net, lam, gamma, alph
     return surrogate, replay, ewc, alpha * surrogate + gamma * replay + lam * ewc
 
 
-def selective_amnesia(model: CVAE, fisher: dict, forget: list[int], accelerator, *, lam: float = 1.0,
-                      gamma: float = 1.0, sa_epochs: int = 10, lr: float = 1e-3, batch: int = 256,
-                      n_replay: int = 15360, surrogate: str = "uniform", seed: int = 0,
-                      log_dir: str | Path | None = None, config: dict | None = None, sync_bn: bool = True,
-                      alpha: float = 1.0, surrogate_batch: int | None = 128):
+def selective_amnesia(model: CVAE, fisher: dict, forget: list[int], accelerator, *, lam: float = SAConfig.lam,
+                      gamma: float = SAConfig.gamma, sa_epochs: int = SAConfig.sa_epochs, lr: float | None = None,
+                      batch: int = SAConfig.batch, n_replay: int = SAConfig.n_replay,
+                      surrogate: str = SAConfig.surrogate, seed: int = 0, log_dir: str | Path | None = None,
+                      config: dict | None = None, sync_bn: bool = True, alpha: float = 1.0,
+                      surrogate_batch: int | None = SAConfig.surrogate_batch):
     """Minimise the SA objective (module docstring) from theta* = ``model``; return (unlearned model, history).
 
     An SA epoch is one pass over the replay set of ``n_replay`` samples (default 15360 = 60 steps of 256), each
@@ -115,7 +117,9 @@ def selective_amnesia(model: CVAE, fisher: dict, forget: list[int], accelerator,
     draws its own replay and surrogate share (n_replay / processes) with its own seed; gradients are averaged by
     DDP. Batch norm stays in eval mode (the running statistics of theta* on real data are kept), so the objective
     is the very function whose Fisher was taken, and a sample's loss does not depend on the rest of its batch. ``history`` holds floats per step.
-    ``alpha`` weighs the surrogate term (1 in the paper; 0 leaves replay and EWC alone, an ablation)."""
+    ``alpha`` weighs the surrogate term (1 in the paper; 0 leaves replay and EWC alone, an ablation).
+    ``lr`` None takes the architecture's measured default (``config.SA_LR``)."""
+    lr = SA_LR[model.cfg.arch] if lr is None else lr
     rank, world = accelerator.process_index, accelerator.num_processes
     frozen = plain_copy(model).to(accelerator.device).requires_grad_(False)  # p(x|theta*), never wrapped
     theta_star = {k: v.detach().float().clone() for k, v in frozen.named_parameters()}
