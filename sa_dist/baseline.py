@@ -17,10 +17,12 @@ from .train import make_accelerator, train_vae
 from .utils import UserError, write_json
 
 
-def train_baseline(cfg: RunConfig, accelerator, log_dir: Path | None) -> tuple:
-    """Baseline training of ``cfg`` on real MNIST: ``(plain model, per-epoch history, seconds)``."""
+def train_baseline(cfg: RunConfig, accelerator, log_dir: Path | None, exclude: tuple[int, ...] = ()) -> tuple:
+    """Baseline training of ``cfg`` on real MNIST: ``(plain model, per-epoch history, seconds)``.
+    ``exclude``: classes left out of the training and test data (``retrain``, exact unlearning)."""
     set_seed(cfg.train.seed)
-    tr, te = loaders(cfg.train.batch, cfg.train.seed, cfg.data_dir, cfg.train.limit)
+    keep = [c for c in range(cfg.model.n_classes) if c not in exclude] if exclude else None
+    tr, te = loaders(cfg.train.batch, cfg.train.seed, cfg.data_dir, cfg.train.limit, classes=keep)
     t0 = time.perf_counter()
     model, history = train_vae(build_model(cfg.model), tr, te, accelerator, cfg.train.epochs, cfg.train.lr,
                                log_dir=log_dir, config=asdict(cfg))

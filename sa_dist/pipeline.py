@@ -26,10 +26,13 @@ def quick_config(cfg: RunConfig) -> RunConfig:
                    sa=replace(cfg.sa, n_fisher=5000, sa_epochs=3))
 
 
-def baseline_key(cfg: RunConfig) -> str:
-    """Cache key: model and training config, mixed precision, data checksum, checkpoint format."""
-    return stable_hash({"model": asdict(cfg.model), "train": asdict(cfg.train), "mp": cfg.mixed_precision,
-                        "data": data_checksum(), "format": FORMAT_VERSION})
+def baseline_key(cfg: RunConfig, exclude: tuple[int, ...] = ()) -> str:
+    """Cache key: model and training config, mixed precision, data checksum, checkpoint format, excluded classes."""
+    spec = {"model": asdict(cfg.model), "train": asdict(cfg.train), "mp": cfg.mixed_precision,
+            "data": data_checksum(), "format": FORMAT_VERSION}
+    if exclude:  # absent for the full baseline, so its key (and cache) is unchanged
+        spec["exclude"] = sorted(set(exclude))
+    return stable_hash(spec)
 
 
 def new_run_dir(cfg: RunConfig, run_dir: str | None, accelerator) -> Path:
@@ -66,13 +69,14 @@ def _fresh_dir(cfg: RunConfig, run_dir: str | None) -> Path:
     return path
 
 
-def get_baseline(cfg: RunConfig, accelerator, checkpoint: str | None = None):
-    """(model, info): from ``checkpoint``, from the cache, or trained now (all processes) and cached."""
+def get_baseline(cfg: RunConfig, accelerator, checkpoint: str | None = None, exclude: tuple[int, ...] = ()):
+    """(model, info): from ``checkpoint``, from the cache, or trained now (all processes) and cached.
+    ``exclude``: train without those classes (the ``retrain`` reference), cached under its own key."""
     if checkpoint:
         model, meta = load_checkpoint(checkpoint, expect=cfg.model)
         key = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
         return model, {"key": key, "seconds": None, "cached": True, "history": None}
-    key = baseline_key(cfg)
+    key = baseline_key(cfg, exclude)
     path = cache_root() / "baselines" / key / "baseline.safetensors"
     if path.is_file():
         model, meta = load_checkpoint(path, expect=cfg.model)
@@ -80,7 +84,7 @@ def get_baseline(cfg: RunConfig, accelerator, checkpoint: str | None = None):
                        "history": json.loads(meta["history"])}
     from .baseline import save_baseline, train_baseline
 
-    model, history, seconds = train_baseline(cfg, accelerator, path.parent / "tensorboard")
+    model, history, seconds = train_baseline(cfg, accelerator, path.parent / "tensorboard", exclude)
     if accelerator.is_main_process:
         save_baseline(path, model, history, seconds, cfg)
     accelerator.wait_for_everyone()
