@@ -47,3 +47,20 @@ def tiny_baseline(tmp_path_factory):
     path = tmp_path_factory.mktemp("ckpt") / "baseline.safetensors"
     save_checkpoint(path, model)
     return model, path
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-node SLURM (tests/slurm/local_cluster.sh): yields the env to pass to sbatch/squeue."""
+    import shutil
+
+    if not (shutil.which("sbatch") and shutil.which("slurmctld") and os.geteuid() == 0):
+        if os.environ.get("SA_DIST_REQUIRE_SLURM"):
+            pytest.fail("SLURM tests required (SA_DIST_REQUIRE_SLURM) but slurm-wlm/munge or root is missing")
+        pytest.skip("needs root and Debian slurm-wlm + munge (installed by .ci/run)")
+    state = tmp_path_factory.mktemp("slurm")
+    script = ROOT / "tests" / "slurm" / "local_cluster.sh"
+    up = subprocess.run(["bash", script, "up", state], capture_output=True, text=True, timeout=120)
+    assert up.returncode == 0, up.stdout + up.stderr
+    yield {**os.environ, "SLURM_CONF": str(state / "slurm.conf")}
+    subprocess.run(["bash", script, "down", state], capture_output=True, timeout=60)

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# A real one-node SLURM for tests: munged + slurmctld + slurmd on this host, configured in a private directory.
+#   bash tests/slurm/local_cluster.sh up DIR    # writes DIR/slurm.conf, starts the daemons, waits until the node is idle
+#   bash tests/slurm/local_cluster.sh down DIR  # stops them
+# Use it with `export SLURM_CONF=DIR/slurm.conf`. Needs root and Debian's slurm-wlm + munge (see .ci/run).
+set -euo pipefail
+cmd=${1:?up|down}; dir=$(realpath -m "${2:?state directory}")
+host=$(hostname -s); cpus=$(nproc); mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
+
+stop() {
+  for d in slurmd slurmctld; do
+    [ -f "$dir/$d.pid" ] && kill "$(cat "$dir/$d.pid")" 2>/dev/null || true
+  done
+  sleep 1
+}
+
+if [ "$cmd" = down ]; then stop; exit 0; fi
+[ "$cmd" = up ] || { echo "usage: $0 up|down DIR" >&2; exit 2; }
+mkdir -p "$dir/state" "$dir/spool"
+cat > "$dir/slurm.conf" <<CONF
+ClusterName=sa_dist_test
+SlurmctldHost=$host
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+StateSaveLocation=$dir/state
+SlurmdSpoolDir=$dir/spool
+SlurmctldPidFile=$dir/slurmctld.pid
+SlurmdPidFile=$dir/slurmd.pid
+SlurmctldLogFile=$dir/slurmctld.log
+SlurmdLogFile=$dir/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_CPU
+SchedulerType=sched/backfill
+ReturnToService=2
+MpiDefault=none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SlurmctldParameters=enable_configless
+NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
+CONF
+printf 'CgroupPlugin=autodetect\nIgnoreSystemd=yes\n' > "$dir/cgroup.conf"
+export SLURM_CONF=$dir/slurm.conf
+pgrep -x munged >/dev/null || { mkdir -p /run/munge && chown munge:munge /run/munge && su -s /bin/sh munge -c munged; }
+stop
+slurmctld -f "$SLURM_CONF"
+slurmd -f "$SLURM_CONF"
+for _ in $(seq 60); do
+  state=$(sinfo -h -N -o %t 2>/dev/null | head -1 || true)
+  [ "$state" = idle ] && { echo "slurm up: node $host ($cpus CPUs), SLURM_CONF=$SLURM_CONF"; exit 0; }
+  sleep 1
+done
+echo "slurm did not come up (node state '${state:-none}'); logs in $dir" >&2
+exit 1
