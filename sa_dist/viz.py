@@ -5,6 +5,7 @@ import io
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # no display needed; figures are files (and TensorBoard images)
 import matplotlib.pyplot as plt  # noqa: E402
@@ -98,6 +99,8 @@ def plot_sa_curves(rows: list[dict], path: str | Path | None = None, floor: floa
                 ylabel = "nats (log)"
             ax.set_yscale("log")
         ax.plot(steps, vals, color=color, label=name)
+        if key != "surrogate_nelbo":  # plain numbers on the axis: no "1e-5" offset text next to the title
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.6g}"))
         ax.set_xlabel("SA step")
         ax.set_ylabel(ylabel)
         ax.set_title(name, fontsize=10)
