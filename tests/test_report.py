@@ -24,6 +24,12 @@ def test_data():
     return load_mnist(False, None, LIMIT)
 
 
+def test_plot_functions_are_public():
+    import sa_dist
+
+    assert sa_dist.plot_latent_space is plot_latent_space and callable(sa_dist.plot_latent_manifold)
+
+
 def test_silhouette_and_drift_measure_what_they_say():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 100)
