@@ -1,5 +1,6 @@
 """sa_dist: Selective Amnesia (Heng & Soh, NeurIPS 2023) for conditional VAEs, distributed with Accelerate."""
 from .data import load_mnist, loaders
+from .latent import plot_latent_manifold, plot_latent_space
 from .models import ConvCVAE, LinearCVAE, ModelConfig, build_model, elbo
 from .sa import replay_dataset, selective_amnesia, surrogate_dataset
 from .train import train_vae
@@ -17,5 +18,5 @@ def __getattr__(name):  # lazy: fisher and the API import more
 
 
 __all__ = ["ConvCVAE", "LinearCVAE", "ModelConfig", "SelectiveAmnesiaVAE", "build_model", "diag_fisher", "elbo",
-           "load_mnist", "loaders", "replay_dataset", "selective_amnesia", "show_grid", "surrogate_dataset",
+           "load_mnist", "loaders", "plot_latent_manifold", "plot_latent_space", "replay_dataset", "selective_amnesia", "show_grid", "surrogate_dataset",
            "train_vae"]

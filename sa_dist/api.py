@@ -8,7 +8,6 @@
 """
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -65,22 +64,19 @@ class SelectiveAmnesiaVAE:
         return compare(self.original, self.unlearned, evaluator, x, y, self.cfg.sa.forget, self.cfg.sa.surrogate,
                        n_samples, self.cfg.train.seed)
 
-    def visualize_results(self, out_dir: str | Path = "sa_figures") -> list[Path]:
-        """Before/after samples, one row per class; shown when there is a display, always saved as PNG."""
-        from .viz import before_after_grid
+    def visualize_results(self, out_dir: str | Path = "sa_figures", latent_method: str = "pca") -> list[Path]:
+        """The run's figures (samples before/after, latent space, manifold traversals, curves) saved as PNGs in
+        ``out_dir``, and shown when there is a display; ``self.latent`` gets the silhouette numbers."""
+        from .figures import make_figures, show_figures
 
         if self.unlearned is None:
             raise RuntimeError("call selective_amnesia() first")
-        path = Path(out_dir) / "samples_before_after.png"
-        before_after_grid(self.original, self.unlearned, self.cfg.sa.forget, path)
-        if os.environ.get("DISPLAY"):
-            import matplotlib.image as mpimg
-            import matplotlib.pyplot as plt
-
-            plt.imshow(mpimg.imread(path))
-            plt.axis("off")
-            plt.show()
-        return [path]
+        data = load_mnist(False, self.cfg.data_dir, self.cfg.train.limit)
+        paths, self.latent = make_figures(out_dir, self.original, self.unlearned, self.cfg.sa.forget, data,
+                                          self.history.get("baseline"), self.history.get("sa"),
+                                          seed=self.cfg.train.seed, latent_method=latent_method)
+        show_figures(paths)
+        return paths
 
     def save(self, out_dir: str | Path) -> None:
         """``baseline.safetensors`` and, once unlearned, ``unlearned.safetensors``."""

@@ -132,12 +132,15 @@ def unlearn_from_config(cfg: RunConfig, original, fisher: dict, accelerator, log
 
 
 def write_outputs(run_dir: Path, results: dict, before, after, forget):
-    from .viz import before_after_grid
+    """Checkpoint, figures (``results`` gains ``latent``), results.json, then report.html and report.md."""
+    from .figures import figures_for_run
+    from .report import build_report
 
     save_checkpoint(run_dir / "unlearned.safetensors", after, kind="unlearned",
                     extra={"forget": forget, "config": results["config"]})
-    before_after_grid(before, after, forget, run_dir / "samples_before_after.png")
+    figures_for_run(run_dir, results, before, after, forget)
     write_json(run_dir / "results.json", results)
+    build_report(run_dir)
 
 
 def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | None = None, accelerator=None):
@@ -176,4 +179,4 @@ def report_line(results: dict, run_dir) -> str:
             f"retained sample_acc {s['before']['retained_sample_acc']:.4f} -> {s['after']['retained_sample_acc']:.4f}, "
             f"test nELBO {s['before']['retained_test_nelbo']:.2f} -> {s['after']['retained_test_nelbo']:.2f}\n"
             f"seconds: baseline {t['baseline']}, fisher {t['fisher']:.1f}, SA {t['unlearn']:.1f}, "
-            f"evaluate {t['evaluate']:.1f}\nresults: {run_dir}/results.json")
+            f"evaluate {t['evaluate']:.1f}\nresults: {run_dir}/results.json\nreport: {run_dir}/report.html")

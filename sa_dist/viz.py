@@ -5,6 +5,7 @@ import io
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")  # no display needed; figures are files (and TensorBoard images)
 import matplotlib.pyplot as plt  # noqa: E402
@@ -60,5 +61,51 @@ def before_after_grid(before, after, forget: list[int], path: str | Path | None 
             ax.add_patch(plt.Rectangle((0.5, 30 * c + 0.5), 300, 30, fill=False, ec="red", lw=2))
             ax.get_yticklabels()[c].set_color("red")
     fig.suptitle(f"{title}: forgotten {', '.join(map(str, forget))} (red)")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def plot_baseline_curves(history: list[dict], path: str | Path | None = None):
+    """Baseline train and test negative ELBO per epoch (``history`` rows: epoch, train_nelbo, test_nelbo)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ep = [r["epoch"] for r in history]
+    for key, name in (("train_nelbo", "train"), ("test_nelbo", "test")):
+        ax.plot(ep, [r[key] for r in history], marker="o" if len(ep) < 20 else None, ms=3, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("negative ELBO (nats)")
+    ax.set_title(f"Baseline training: final test nELBO {history[-1]['test_nelbo']:.2f}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+SA_TERMS = (("surrogate_nelbo", "surrogate: -ELBO on q(x|c_f)"), ("replay_nelbo", "replay: -ELBO on p(x|θ*,c_r)"),
+            ("ewc", "EWC: Σ F_i (θ_i - θ*_i)²"))
+
+
+def plot_sa_curves(rows: list[dict], path: str | Path | None = None, floor: float | None = None):
+    """The three SA terms per step, one panel each (their scales differ by orders of magnitude); ``floor``: the
+    surrogate's best possible negative ELBO (uniform noise: 784 ln 2): the surrogate panel then shows the gap to it."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    steps = [r["step"] for r in rows]
+    for ax, (key, name), color in zip(axes, SA_TERMS, ("tab:red", "tab:blue", "tab:green")):
+        vals, ylabel = [r[key] for r in rows], "nats" if key != "ewc" else "penalty (before λ)"
+        if key == "surrogate_nelbo":  # starts thousands of nats above where it ends: log scale
+            if floor is not None:
+                vals, ylabel = [v - floor for v in vals], f"nats above the floor {floor:.1f} (log)"
+                name += " minus floor"
+            else:
+                ylabel = "nats (log)"
+            ax.set_yscale("log")
+        ax.plot(steps, vals, color=color, label=name)
+        if key != "surrogate_nelbo":  # plain numbers on the axis: no "1e-5" offset text next to the title
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.6g}"))
+        ax.set_xlabel("SA step")
+        ax.set_ylabel(ylabel)
+        ax.set_title(name, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Selective Amnesia: the three terms of the objective per step")
     fig.tight_layout()
     _save(fig, path)

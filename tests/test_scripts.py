@@ -20,8 +20,10 @@ def finished_run(tmp_path_factory):
 
 def test_unlearn_writes_a_complete_run(finished_run):
     run_dir, r = finished_run
-    assert {"config.yaml", "results.json", "unlearned.safetensors", "samples_before_after.png",
+    assert {"config.yaml", "results.json", "unlearned.safetensors", "samples_before_after.png", "latent_space.png",
+            "latent_manifold.png", "curves_baseline.png", "curves_sa.png", "report.html", "report.md",
             "tensorboard"} <= {p.name for p in run_dir.iterdir()}
+    assert (run_dir / "tensorboard" / "figures").is_dir()
     res = json.loads((run_dir / "results.json").read_text())
     assert res["forget_classes"] == [2, 7]
     for when in ("before", "after"):
@@ -31,8 +33,13 @@ def test_unlearn_writes_a_complete_run(finished_run):
     assert sur["kind"] == "uniform" and set(sur["ideal"]["p_class"]) == {"2", "7"}
     assert sur["nelbo"]["floor"] == pytest.approx(784 * np.log(2))
     assert sur["nelbo"]["after"] < sur["nelbo"]["before"]
-    assert set(res["timing_s"]) >= {"baseline", "fisher", "unlearn", "evaluate"}
-    assert "results.json" in r.stdout
+    assert set(res["timing_s"]) >= {"baseline", "fisher", "unlearn", "evaluate", "figures"}
+    lat = res["latent"]
+    for when in ("before", "after", "drift"):
+        assert set(lat[when]["per_class"]) == {str(c) for c in range(10)} and set(lat[when]["forgotten"]) == {"2", "7"}
+        assert -1 <= lat[when]["retained_mean"] <= 1 or when == "drift"
+    assert "results.json" in r.stdout and f"report: {run_dir}/report.html" in r.stdout
+    assert "class 7 (forgotten)" in (run_dir / "report.html").read_text()
 
 
 def test_a_finished_run_is_never_overwritten(finished_run):
