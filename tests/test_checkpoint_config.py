@@ -82,3 +82,17 @@ def test_flags_override_the_config_file(tmp_path):
 def test_bad_values_name_the_argument(argv, match):
     with pytest.raises(UsageError, match=match):
         config_from_args(_args(*argv))
+
+
+def test_atomic_writes_leave_no_temp_file_and_respect_the_umask(tmp_path):
+    import os
+
+    from sa_dist.utils import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").read_text() == "x" and [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o644
