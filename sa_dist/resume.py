@@ -12,7 +12,8 @@ Resuming replays the data loaders' shuffles up to the saved step (no data is com
 so a resumed run takes exactly the steps an uninterrupted one would: same seed, same numbers on CPU.
 
 ``SA_DIST_FAULT=KIND@STAGE:STEP[:RANK]`` (tests only) makes a fault at that step of a stage (``baseline``, ``sa``):
-KIND is ``sigint``, ``sigterm``, ``nan`` (the loss becomes NaN), ``raise`` (a RuntimeError) or ``kill`` (SIGKILL).
+KIND is ``sigint``, ``sigterm``, ``nan`` (the loss becomes NaN), ``raise`` (a RuntimeError), ``kill`` (SIGKILL)
+or ``hang`` (sleeps an hour).
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -62,6 +64,8 @@ def inject(stage: str, step: int, rank: int, value: float | None = None) -> floa
         raise RuntimeError(f"injected fault on rank {rank} at {stage} step {step}")
     elif kind == "kill" and value is None:
         os.kill(os.getpid(), signal.SIGKILL)
+    elif kind == "hang" and value is None:
+        time.sleep(3600)
     return value
 
 

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import math
+import os
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
 from tqdm.auto import tqdm
 
 from .models import build_model, elbo
@@ -21,13 +23,16 @@ class NonFiniteLoss(UserError):
 
 
 def make_accelerator(cpu: bool | None = None, mixed_precision: str = "no", project_dir: str | None = None):
-    """One Accelerator per process. CPU unless CUDA is there; TensorBoard logs under ``project_dir``."""
+    """One Accelerator per process. CPU unless CUDA is there; TensorBoard logs under ``project_dir``.
+    ``$SA_DIST_TIMEOUT`` (seconds, default 1800): a collective waiting longer on a stuck process fails the job."""
     if cpu is None:
         cpu = not torch.cuda.is_available()
     project_dir = str(project_dir or Path.cwd() / "runs")
+    timeout = timedelta(seconds=float(os.environ.get("SA_DIST_TIMEOUT", 1800)))  # a stuck collective fails after it
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with="tensorboard",
                        project_config=ProjectConfiguration(project_dir=project_dir, logging_dir=project_dir),
-                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
 
 
 def start_tracking(accelerator: Accelerator, log_dir: str | Path, name: str, config: dict | None = None):
