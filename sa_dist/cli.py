@@ -26,7 +26,9 @@ def _rank() -> str:
 
 
 def _sigterm(signum, frame):
-    raise KeyboardInterrupt
+    from .resume import Interrupted
+
+    raise Interrupted("interrupted by SIGTERM", signum)
 
 
 def run_main(fn) -> None:

@@ -168,15 +168,16 @@ class Checkpointer:
     # ---- signals ---------------------------------------------------------------------------------------------
     @contextmanager
     def catching_signals(self):
-        """SIGINT/SIGTERM set a flag read after the step; a second one interrupts at once."""
+        """SIGINT/SIGTERM set a flag read after the step; another one more than 2 s later interrupts at once."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
         def handler(signum, frame):
-            if self.signum:
-                raise KeyboardInterrupt
-            self.signum = signum
+            if self.signum and time.monotonic() - self._signalled_at > 2.0:
+                raise KeyboardInterrupt  # a repeat, seconds later: the loop is stuck, stop now
+            if not self.signum:  # repeats within 2 s (a launcher forwarding the same Ctrl-C) are ignored
+                self.signum, self._signalled_at = signum, time.monotonic()
 
         old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
         try:

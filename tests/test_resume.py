@@ -229,3 +229,28 @@ def test_user_errors_name_the_rank_under_a_launcher(monkeypatch, capsys):
     finally:
         signal.signal(signal.SIGTERM, old)
     assert e.value.code == 1 and capsys.readouterr().err == "error: [rank 1] boom\n"
+
+
+def test_sigterm_to_the_launcher_then_resume_on_two_ranks_matches_an_uninterrupted_run(tmp_path):
+    """SIGTERM to torchrun (what a scheduler sends): it forwards it, both ranks save and stop; torchrun --resume
+    ends with the results of an uninterrupted 2-process run."""
+    argv = [*TINY, "--sa_epochs", "30", "--seed", "4"]
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    proc = subprocess.Popen([*launch, "--master_port", str(free_port()), "scripts/unlearn.py", *map(str, argv),
+                             "--run-dir", str(a)], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 200
+    while not (a / "state" / "sa" / "meta.json").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0 and f"resumable state saved in {a}/state/sa; continue with --resume {a}" in err
+    assert "error: [rank 0] interrupted by SIGTERM at sa step " in err and not (a / "results.json").exists()
+    r = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+                   "scripts/unlearn.py", "--resume", a, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
+                   "scripts/unlearn.py", *argv, "--run-dir", b, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
+    assert ra["processes"] == 2 and all(ra[k] == rb[k] for k in METRICS)
