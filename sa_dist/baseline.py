@@ -9,7 +9,7 @@ from accelerate.utils import set_seed
 
 from .checkpoint import save_checkpoint
 from .config import RunConfig, save_config
-from .data import load_mnist, loaders
+from .data import load_mnist, loaders, prepare_mnist
 from .evaluate import class_metrics
 from .evaluator import get_evaluator
 from .models import build_model
@@ -40,6 +40,7 @@ def run_baseline(cfg: RunConfig, run_dir: str | None = None, accelerator=None,
     from .pipeline import new_run_dir
     from .resume import checkpointer, drop_state
 
+    prepare_mnist(cfg.data_dir)  # a bad data file costs one line before anything is written
     accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision)
     out = new_run_dir(cfg, run_dir, accelerator, resume)
     if accelerator.is_main_process:

@@ -12,7 +12,7 @@ from accelerate.utils import broadcast_object_list, set_seed
 
 from .checkpoint import FORMAT_VERSION, load_checkpoint, read_metadata, save_checkpoint
 from .config import RunConfig, save_config, validate
-from .data import data_checksum, load_mnist
+from .data import data_checksum, load_mnist, prepare_mnist
 from .evaluate import compare
 from .evaluator import get_evaluator
 from .sa import selective_amnesia
@@ -154,8 +154,9 @@ def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | No
     from .resume import checkpointer, drop_state
 
     cfg = validate(quick_config(cfg) if cfg.quick else cfg)
+    prepare_mnist(cfg.data_dir)  # bad data or checkpoint files cost one line before anything is written
     if checkpoint:
-        load_checkpoint(checkpoint, expect=cfg.model)  # a bad file costs one line before anything is written
+        load_checkpoint(checkpoint, expect=cfg.model)
     accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision)
     out_dir = new_run_dir(cfg, run_dir, accelerator, resume)
     if accelerator.is_main_process:

@@ -108,6 +108,19 @@ def _step_terms(model, xs, cs, xr, cr, fisher, theta_star, net, lam, gamma, alph
     return surrogate, replay, ewc, alpha * surrogate + gamma * replay + lam * ewc
 
 
+def _steps(replay, surr, sa_epochs: int, ckpt):
+    """(iterator of every step's (replay, surrogate) batches, history, steps done). On a resume the shuffles are
+    replayed up to the saved step (nothing computed) and the saved state is loaded; a state is saved every SA epoch."""
+    meta = ckpt.load_meta() or {"step": 0, "history": []}
+    ckpt.every = len(replay)
+    batches = ((r, q) for _ in range(sa_epochs) for r, q in zip(replay, surr))
+    for _ in range(meta["step"]):
+        next(batches)
+    if meta["step"]:
+        ckpt.restore()
+    return batches, meta["history"], meta["step"]
+
+
 def selective_amnesia(model: CVAE, fisher: dict, forget: list[int], accelerator, *, lam: float = SAConfig.lam,
                       gamma: float = SAConfig.gamma, sa_epochs: int = SAConfig.sa_epochs, lr: float | None = None,
                       batch: int = SAConfig.batch, n_replay: int = SAConfig.n_replay,
@@ -141,13 +154,8 @@ def selective_amnesia(model: CVAE, fisher: dict, forget: list[int], accelerator,
     if log_dir is not None:
         start_tracking(accelerator, log_dir, "sa", config)
     ckpt = checkpointer or Checkpointer(accelerator, None, "sa")
-    meta = ckpt.load_meta() or {"step": 0, "history": []}
-    history, step, dev, ckpt.every = meta["history"], meta["step"], accelerator.device, len(replay)
-    batches = ((r, q) for _ in range(sa_epochs) for r, q in zip(replay, surr))
-    for _ in range(step):
-        next(batches)  # replay the shuffles up to a resumed step, nothing computed
-    if step:
-        ckpt.restore()
+    batches, history, step = _steps(replay, surr, sa_epochs, ckpt)
+    dev = accelerator.device
     bar = tqdm(total=sa_epochs * len(replay), initial=step, desc="selective amnesia",
                disable=not accelerator.is_local_main_process)
     net.eval()  # batch norm frozen: see docstring

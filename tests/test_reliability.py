@@ -249,3 +249,34 @@ def test_data_checksum_and_format_version_change_every_cache_key(monkeypatch):
     for i, what in enumerate(("baseline", "fisher", "evaluator")):
         assert changed_data[i] != base[i] and changed_format[i] != base[i], what
     assert asdict(cfg)  # the key is built from the whole dataclass, not from a hand-picked subset
+
+
+def _mnist_copy(tmp_path):
+    import shutil
+
+    from sa_dist.data import PACKAGE_DATA
+
+    d = tmp_path / "mnist"
+    shutil.copytree(PACKAGE_DATA, d)
+    return d
+
+
+@pytest.mark.parametrize("script_name", ["unlearn.py", "train_baseline.py"])
+@pytest.mark.parametrize("damage,says", [("missing", "is missing (expected t10k-labels-idx1-ubyte.gz or "),
+                                         ("truncated", "is corrupt (Compressed file ended before the end-of-stream"),
+                                         ("checksum", "failed its checksum: uncompressed SHA-256 ")])
+def test_bad_data_file_is_one_line_exit_1_before_anything_is_written(script, tmp_path, script_name, damage, says):
+    import gzip
+
+    d = _mnist_copy(tmp_path / "data")
+    f = d / "t10k-labels-idx1-ubyte.gz"
+    if damage == "missing":
+        f.unlink()
+    elif damage == "truncated":
+        f.write_bytes(f.read_bytes()[:2000])
+    else:
+        blob = bytearray(gzip.decompress(f.read_bytes()))
+        blob[-1] ^= 1
+        f.write_bytes(gzip.compress(bytes(blob)))
+    code, err = script(script_name, "--data-dir", d, "--run-dir", "r")
+    assert code == 1 and len(err) == 1 and err[0].startswith(f"error: MNIST file {f} {says}"), err

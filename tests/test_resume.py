@@ -254,3 +254,15 @@ def test_sigterm_to_the_launcher_then_resume_on_two_ranks_matches_an_uninterrupt
     assert r.returncode == 0, r.stderr[-2000:]
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
     assert ra["processes"] == 2 and all(ra[k] == rb[k] for k in METRICS)
+
+
+def test_sigterm_outside_the_loops_is_one_line_exit_143(capsys):
+    from sa_dist.cli import run_main
+
+    old = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as e:
+            run_main(lambda: (os.kill(os.getpid(), signal.SIGTERM), time.sleep(5)))
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    assert e.value.code == 143 and capsys.readouterr().err == "error: interrupted by SIGTERM\n"
