@@ -17,7 +17,7 @@ from .evaluate import compare
 from .evaluator import get_evaluator
 from .sa import selective_amnesia
 from .train import make_accelerator
-from .utils import UserError, cache_root, stable_hash, write_json
+from .utils import UserError, atomic_write_text, cache_root, stable_hash, write_json
 
 
 def quick_config(cfg: RunConfig) -> RunConfig:
@@ -147,6 +147,15 @@ def write_outputs(run_dir: Path, results: dict, before, after, forget):
     write_json(run_dir / "results.json", results)
 
 
+def _resumed_checkpoint(run_dir, checkpoint: str | None) -> str | None:
+    """The ``--checkpoint`` an interrupted run was started with (kept in ``checkpoint.txt``)."""
+    saved = Path(run_dir) / "checkpoint.txt"
+    saved = saved.read_text().strip() if saved.is_file() else None
+    if checkpoint and saved and Path(checkpoint).resolve() != Path(saved):
+        raise UserError(f"--resume {run_dir}: that run unlearns --checkpoint {saved}, not {checkpoint}")
+    return checkpoint or saved
+
+
 def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | None = None, accelerator=None,
                 resume: bool = False):
     """The whole job under Accelerate; returns (results dict, run directory). Only the main process writes.
@@ -154,6 +163,7 @@ def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | No
     from .resume import checkpointer, drop_state
 
     cfg = validate(quick_config(cfg) if cfg.quick else cfg)
+    checkpoint = _resumed_checkpoint(run_dir, checkpoint) if resume else checkpoint
     prepare_mnist(cfg.data_dir)  # bad data or checkpoint files cost one line before anything is written
     if checkpoint:
         load_checkpoint(checkpoint, expect=cfg.model)
@@ -161,6 +171,8 @@ def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | No
     out_dir = new_run_dir(cfg, run_dir, accelerator, resume)
     if accelerator.is_main_process:
         save_config(cfg, out_dir / "config.yaml")
+        if checkpoint:  # --resume finds it here
+            atomic_write_text(out_dir / "checkpoint.txt", str(Path(checkpoint).resolve()) + "\n")
     get_evaluator(accelerator, cfg.data_dir, limit=cfg.train.limit)  # trained once, before anything is timed
     original, base = get_baseline(cfg, accelerator, checkpoint, checkpointer(accelerator, out_dir, "baseline"))
     fisher, fisher_s, fisher_cached = get_fisher(cfg, original, base["key"], accelerator)

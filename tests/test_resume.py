@@ -266,3 +266,20 @@ def test_sigterm_outside_the_loops_is_one_line_exit_143(capsys):
     finally:
         signal.signal(signal.SIGTERM, old)
     assert e.value.code == 143 and capsys.readouterr().err == "error: interrupted by SIGTERM\n"
+
+
+def test_resume_of_a_run_started_with_checkpoint_unlearns_that_checkpoint(tiny_baseline, tmp_path):
+    import hashlib
+
+    _, ckpt = tiny_baseline
+    run = tmp_path / "r"
+    r = run_script("scripts/unlearn.py", *TINY, "--width", "128", "--checkpoint", ckpt, "--run-dir", run,
+                   env={"SA_DIST_FAULT": "sigint@sa:2"})
+    assert r.returncode == 130, r.stderr[-2000:]
+    r = run_script("scripts/unlearn.py", "--resume", run, "--checkpoint", tmp_path / "other.safetensors")
+    assert r.returncode == 1 and last_line(r) == (f"error: --resume {run}: that run unlearns --checkpoint {ckpt}, "
+                                                  f"not {tmp_path / 'other.safetensors'}")
+    r = run_script("scripts/unlearn.py", "--resume", run)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((run / "results.json").read_text())
+    assert res["baseline"]["key"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()[:16]
