@@ -22,7 +22,8 @@ class Parser(argparse.ArgumentParser):
 
 def _rank() -> str:
     """``[rank N] `` under torchrun / accelerate launch with several processes, else empty."""
-    return f"[rank {os.environ['RANK']}] " if int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ else ""
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+    return f"[rank {os.environ['RANK']}] " if several else ""
 
 
 def _sigterm(signum, frame):

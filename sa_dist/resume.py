@@ -120,7 +120,8 @@ class Checkpointer:
         """All processes: ``save_state`` into ``NAME.partial``, then the main process swaps it into place."""
         if self.dir is None:
             return
-        acc, tmp, old = self.acc, self.dir.with_name(self.dir.name + ".partial"), self.dir.with_name(self.dir.name + ".old")
+        acc, name = self.acc, self.dir.name
+        tmp, old = self.dir.with_name(name + ".partial"), self.dir.with_name(name + ".old")
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)

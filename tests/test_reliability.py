@@ -177,7 +177,8 @@ def test_unwritable_run_dir(tmp_path):
     (tmp_path / "file").write_text("a file, not a folder")
     r = run_script("scripts/train_baseline.py", "--epochs", "1", "--limit", "200", "--run-dir", tmp_path / "file" / "r")
     assert r.returncode == 1
-    assert r.stderr.strip().splitlines()[-1] == f"error: --run-dir {tmp_path / 'file' / 'r'} is not writable (Not a directory)"
+    want = f"error: --run-dir {tmp_path / 'file' / 'r'} is not writable (Not a directory)"
+    assert r.stderr.strip().splitlines()[-1] == want
 
 
 def test_a_cached_fisher_that_does_not_match_the_model_is_refused(tmp_path):
@@ -191,7 +192,8 @@ def test_a_cached_fisher_that_does_not_match_the_model_is_refused(tmp_path):
     add_sa_args(p)
     argv = [*TINY, "--seed", "5", "--epochs", "1", "--limit", "300", "--eval-samples", "10"]
     cfg = config_from_args(p.parse_args(argv))
-    path = pipeline.cache_root() / "fisher" / f"fisher-{pipeline.fisher_key(cfg, pipeline.baseline_key(cfg))}.safetensors"
+    key = pipeline.fisher_key(cfg, pipeline.baseline_key(cfg))
+    path = pipeline.cache_root() / "fisher" / f"fisher-{key}.safetensors"
     other = build_model(ModelConfig(arch="linear", width=32))
     save_fisher(path, {k: torch.ones_like(v) for k, v in other.named_parameters()}, {})
     try:
@@ -216,7 +218,8 @@ def test_every_config_field_that_shapes_the_baseline_changes_its_key():
     key = pipeline.baseline_key(cfg)
     for section in ("model", "train"):
         for f in fields(getattr(cfg, section)):
-            new = replace(cfg, **{section: replace(getattr(cfg, section), **{f.name: _changed(getattr(getattr(cfg, section), f.name))})})
+            part = getattr(cfg, section)
+            new = replace(cfg, **{section: replace(part, **{f.name: _changed(getattr(part, f.name))})})
             assert pipeline.baseline_key(new) != key, f"{section}.{f.name}"
     assert pipeline.baseline_key(replace(cfg, mixed_precision="bf16")) != key
     sa_only = replace(cfg, sa=replace(cfg.sa, lam=3.0, forget=[5]), eval_samples=7)

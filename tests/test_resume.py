@@ -14,7 +14,7 @@ import torch
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
-from conftest import LIMIT, ROOT, run_script
+from conftest import ROOT, run_script
 from sa_dist.checkpoint import load_tensors
 from sa_dist.data import loaders
 from sa_dist.models import ModelConfig, build_model
