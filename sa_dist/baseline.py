@@ -9,7 +9,7 @@ from accelerate.utils import set_seed
 
 from .checkpoint import save_checkpoint
 from .config import RunConfig, save_config
-from .data import load_mnist, loaders
+from .data import load_mnist, loaders, prepare_mnist
 from .evaluate import class_metrics
 from .evaluator import get_evaluator
 from .models import build_model
@@ -17,15 +17,17 @@ from .train import make_accelerator, train_vae
 from .utils import UserError, write_json
 
 
-def train_baseline(cfg: RunConfig, accelerator, log_dir: Path | None, exclude: tuple[int, ...] = ()) -> tuple:
+def train_baseline(cfg: RunConfig, accelerator, log_dir: Path | None, exclude: tuple[int, ...] = (),
+                   checkpointer=None) -> tuple:
     """Baseline training of ``cfg`` on real MNIST: ``(plain model, per-epoch history, seconds)``.
-    ``exclude``: classes left out of the training and test data (``retrain``, exact unlearning)."""
+    ``exclude``: classes left out of the training and test data (``retrain``, exact unlearning).
+    ``checkpointer``: a ``resume.Checkpointer`` (resumable state, resume)."""
     set_seed(cfg.train.seed)
     keep = [c for c in range(cfg.model.n_classes) if c not in exclude] if exclude else None
     tr, te = loaders(cfg.train.batch, cfg.train.seed, cfg.data_dir, cfg.train.limit, classes=keep)
     t0 = time.perf_counter()
     model, history = train_vae(build_model(cfg.model), tr, te, accelerator, cfg.train.epochs, cfg.train.lr,
-                               log_dir=log_dir, config=asdict(cfg))
+                               log_dir=log_dir, config=asdict(cfg), checkpointer=checkpointer)
     return model, history, time.perf_counter() - t0
 
 
@@ -34,17 +36,22 @@ def save_baseline(path: Path, model, history: list, seconds: float, cfg: RunConf
     save_checkpoint(path, model, extra={"seconds": seconds, "history": history, "config": asdict(cfg)})
 
 
-def run_baseline(cfg: RunConfig, run_dir: str | None = None, accelerator=None) -> tuple[dict | None, Path]:
-    """Train, save ``baseline.safetensors``, ``config.yaml``, ``metrics.json`` (main process) and TensorBoard logs."""
+def run_baseline(cfg: RunConfig, run_dir: str | None = None, accelerator=None,
+                 resume: bool = False) -> tuple[dict | None, Path]:
+    """Train, save ``baseline.safetensors``, ``config.yaml``, ``metrics.json`` (main process) and TensorBoard logs.
+    ``resume``: continue the interrupted run in ``run_dir`` from its saved state."""
     from .pipeline import new_run_dir
+    from .resume import checkpointer, drop_state
 
+    prepare_mnist(cfg.data_dir)  # a bad data file costs one line before anything is written
     accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision)
-    out = new_run_dir(cfg, run_dir, accelerator)
+    out = new_run_dir(cfg, run_dir, accelerator, resume)
     if accelerator.is_main_process:
         if (out / "baseline.safetensors").exists():
             raise UserError(f"--run-dir {out} already holds a baseline.safetensors; choose another")
         save_config(cfg, out / "config.yaml")
-    model, history, seconds = train_baseline(cfg, accelerator, out / "tensorboard")
+    model, history, seconds = train_baseline(cfg, accelerator, out / "tensorboard",
+                                             checkpointer=checkpointer(accelerator, out, "baseline"))
     metrics = None
     if accelerator.is_main_process:
         save_baseline(out / "baseline.safetensors", model, history, seconds, cfg)
@@ -58,5 +65,6 @@ def run_baseline(cfg: RunConfig, run_dir: str | None = None, accelerator=None) -
         accelerator.print(f"test nELBO {history[-1]['test_nelbo']:.2f}, mean sample_acc "
                           f"{sum(v['sample_acc'] for v in pc.values()) / len(pc):.4f}, {seconds:.0f} s; "
                           f"wrote {out}/baseline.safetensors")
+        drop_state(out)
     accelerator.wait_for_everyone()
     return metrics, out

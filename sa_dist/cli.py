@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from dataclasses import replace
+from pathlib import Path
 
-from .config import RunConfig, load_config, validate
-from .utils import UserError
+from .config import METHODS, RunConfig, load_config, validate
+from .utils import UsageError, UserError
 
 
 class Parser(argparse.ArgumentParser):
@@ -17,15 +20,29 @@ class Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+def _rank() -> str:
+    """``[rank N] `` under torchrun / accelerate launch with several processes, else empty."""
+    several = int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+    return f"[rank {os.environ['RANK']}] " if several else ""
+
+
+def _sigterm(signum, frame):
+    from .resume import Interrupted
+
+    raise Interrupted("interrupted by SIGTERM", signum)
+
+
 def run_main(fn) -> None:
-    """Call ``fn()``; a ``UserError`` becomes ``error: <message>`` on stderr and its exit code."""
+    """Call ``fn()``; a ``UserError`` becomes ``error: <message>`` on stderr and its exit code. Outside the
+    training loops (which save a resumable state first) SIGINT and SIGTERM stop the run with one line too."""
+    signal.signal(signal.SIGTERM, _sigterm)
     try:
         fn()
     except UserError as e:
-        sys.stderr.write(f"error: {e}\n")
+        sys.stderr.write(f"error: {_rank()}{e}\n")
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
-        sys.stderr.write("error: interrupted\n")
+        sys.stderr.write(f"error: {_rank()}interrupted\n")
         sys.exit(130)
 
 
@@ -43,6 +60,7 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", help="folder with the four MNIST files (default: the package's copy)")
     p.add_argument("--mixed-precision", help="no | fp16 | bf16 (default no)")
     p.add_argument("--run-dir", help="output folder (default runs/<arch>-...-<time>); never overwritten")
+    p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR with its config.yaml")
 
 
 def add_sa_args(p: argparse.ArgumentParser) -> None:
@@ -58,6 +76,7 @@ def add_sa_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--surrogate", help="uniform | blank | class:K | images.npy (default uniform)")
     p.add_argument("--eval-samples", type=int, help="samples per class scored by the evaluator (default 1000)")
     p.add_argument("--checkpoint", help="unlearn this baseline .safetensors instead of training/caching one")
+    p.add_argument("--method", choices=METHODS, help="sa (default) or a baseline/ablation: " + ", ".join(METHODS[1:]))
     p.add_argument("--quick", action="store_true", help="~90 s smoke run on a CPU that already shows forgetting")
 
 
@@ -67,12 +86,14 @@ FLAG_TO_FIELD = {"arch": ("model", "arch"), "z_dim": ("model", "z_dim"), "width"
                  "lam": ("sa", "lam"), "gamma": ("sa", "gamma"), "sa_epochs": ("sa", "sa_epochs"),
                  "sa_lr": ("sa", "lr"), "n_replay": ("sa", "n_replay"),
                  "surrogate_batch": ("sa", "surrogate_batch"), "n_fisher": ("sa", "n_fisher"),
-                 "surrogate": ("sa", "surrogate"), "data_dir": (None, "data_dir"),
+                 "surrogate": ("sa", "surrogate"), "method": ("sa", "method"), "data_dir": (None, "data_dir"),
                  "mixed_precision": (None, "mixed_precision"), "eval_samples": (None, "eval_samples")}
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Dataclass defaults <- ``--config`` YAML <- flags; validated."""
+    """Dataclass defaults <- ``--config`` YAML <- flags; validated. ``--resume DIR``: DIR's config.yaml alone."""
+    if getattr(args, "resume", None):
+        return resume_config(args)
     cfg = load_config(args.config) if getattr(args, "config", None) else RunConfig()
     updates: dict = {"model": {}, "train": {}, "sa": {}, None: {}}
     for flag, (section, name) in FLAG_TO_FIELD.items():
@@ -85,3 +106,17 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if getattr(args, "quick", False):
         cfg = replace(cfg, quick=True)
     return validate(cfg)
+
+
+def resume_config(args: argparse.Namespace) -> RunConfig:
+    """The config of the interrupted run ``--resume DIR``; other config flags are refused (it must not change)."""
+    given = [f"--{f.replace('_', '-')}" for f in [*FLAG_TO_FIELD, "config", "run_dir", "quick"]
+             if getattr(args, f, None) not in (None, False)]
+    if given:
+        raise UsageError(f"--resume continues a run with its own config.yaml; drop {', '.join(given)}")
+    path = Path(args.resume) / "config.yaml"
+    if not path.is_file():
+        raise UsageError(f"--resume {args.resume}: no config.yaml there (not a sa_dist run directory)")
+    if (Path(args.resume) / "results.json").exists():
+        raise UsageError(f"--resume {args.resume}: that run already finished (results.json)")
+    return validate(load_config(path))

@@ -14,6 +14,7 @@ from .utils import UsageError, atomic_write_text
 
 SURROGATE_KINDS = ("uniform", "blank")  # plus "class:K" and a path to an .npy of images
 MIXED_PRECISION = ("no", "fp16", "bf16")
+METHODS = ("sa", "retrain", "naive", "no_ewc", "no_replay", "replay_only")  # --method: SA, then baselines/ablations
 SA_LR = {"conv": 1e-3, "linear": 5e-4}  # measured: the fastest that keep retained test nELBO within 2%
 
 
@@ -39,7 +40,7 @@ class SAConfig:
     surrogate: str = "uniform"  # q(x|c_f): uniform | blank | class:K | path/to/images.npy
     n_fisher: int = 20000  # Fisher samples: 20k keeps Fisher + SA <= 10% of baseline training (paper: 50k)
     fisher_batch: int = 500  # samples per Fisher batch (the fastest on a 2-core CPU)
-    method: str = "sa"  # only "sa" for now
+    method: str = "sa"  # sa | retrain | naive | no_ewc | no_replay | replay_only
 
 
 @dataclass
@@ -117,6 +118,14 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UsageError(f"--arch must be one of {', '.join(ARCHS)}, got {m.arch!r}")
     if m.z_dim < 1:
         raise UsageError(f"--z-dim must be >= 1, got {m.z_dim}")
+    if m.width < 0:
+        raise UsageError(f"--width must be >= 0 (0: the architecture's default), got {m.width}")
+    if t.seed < 0:
+        raise UsageError(f"--seed must be an integer >= 0, got {t.seed}")
+    if t.limit is not None and t.limit < 1:
+        raise UsageError(f"--limit must be a positive integer (or unset for all images), got {t.limit}")
+    if s.method not in METHODS:
+        raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {s.method!r}")
     for name, v in (("--epochs", t.epochs), ("--batch", t.batch), ("--sa_epochs", s.sa_epochs),
                     ("sa.batch", s.batch), ("--surrogate-batch", s.surrogate_batch),
                     ("sa.n_replay", s.n_replay), ("--n-fisher", s.n_fisher),
@@ -133,12 +142,26 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not forget or any(not isinstance(c, int) or not 0 <= c < m.n_classes for c in forget):
         raise UsageError(f"--forget takes classes in 0-{m.n_classes - 1}, got {forget}")
     if len(set(forget)) != len(forget):
-        raise UsageError(f"--forget has a repeated class: {forget}")
+        raise UsageError(f"--forget has a repeated class: {forget} (distinct classes in 0-{m.n_classes - 1})")
     if len(forget) >= m.n_classes:
-        raise UsageError(f"--forget cannot take all {m.n_classes} classes: nothing would be retained")
+        raise UsageError(f"--forget cannot take all {m.n_classes} classes: at most {m.n_classes - 1}, "
+                         "so something is retained")
     if cfg.mixed_precision not in MIXED_PRECISION:
         raise UsageError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {cfg.mixed_precision!r}")
-    kind = s.surrogate
-    if not (kind in SURROGATE_KINDS or kind.startswith("class:") or kind.endswith(".npy")):
-        raise UsageError(f"--surrogate must be uniform, blank, class:K or a path to an .npy file, got {kind!r}")
+    _check_surrogate(s.surrogate, forget, m.n_classes)
     return cfg
+
+
+def _check_surrogate(kind: str, forget: list, n_classes: int) -> None:
+    """Before anything runs: the kind, K of class:K, and a user .npy's shape and range."""
+    if kind.startswith("class:"):
+        k = kind.split(":", 1)[1]
+        if not (k.isdigit() and int(k) < n_classes and int(k) not in forget):
+            raise UsageError(f"--surrogate class:K needs a retained class K in 0-{n_classes - 1} "
+                             f"(not one of --forget {forget}), got {kind!r}")
+    elif kind.endswith(".npy"):
+        from .sa import load_user_images
+
+        load_user_images(kind)
+    elif kind not in SURROGATE_KINDS:
+        raise UsageError(f"--surrogate must be uniform, blank, class:K or a path to an .npy file, got {kind!r}")

@@ -12,12 +12,12 @@ from accelerate.utils import broadcast_object_list, set_seed
 
 from .checkpoint import FORMAT_VERSION, load_checkpoint, read_metadata, save_checkpoint
 from .config import RunConfig, save_config, validate
-from .data import data_checksum, load_mnist
+from .data import data_checksum, load_mnist, prepare_mnist
 from .evaluate import compare
 from .evaluator import get_evaluator
 from .sa import selective_amnesia
 from .train import make_accelerator
-from .utils import UserError, cache_root, stable_hash, write_json
+from .utils import UserError, atomic_write_text, cache_root, stable_hash, write_json
 
 
 def quick_config(cfg: RunConfig) -> RunConfig:
@@ -35,12 +35,13 @@ def baseline_key(cfg: RunConfig, exclude: tuple[int, ...] = ()) -> str:
     return stable_hash(spec)
 
 
-def new_run_dir(cfg: RunConfig, run_dir: str | None, accelerator) -> Path:
-    """The main process picks a fresh directory (never an existing run's) and tells the others."""
+def new_run_dir(cfg: RunConfig, run_dir: str | None, accelerator, resume: bool = False) -> Path:
+    """The main process picks a fresh directory (never an existing run's) and tells the others.
+    ``resume``: ``run_dir`` is an interrupted run being continued."""
     chosen = [None]
     if accelerator.is_main_process:
         try:
-            chosen = [str(_fresh_dir(cfg, run_dir))]
+            chosen = [str(_fresh_dir(cfg, run_dir, resume))]
         except UserError as e:
             chosen = [e]
     broadcast_object_list(chosen)  # every rank raises the same error, none waits forever
@@ -49,7 +50,7 @@ def new_run_dir(cfg: RunConfig, run_dir: str | None, accelerator) -> Path:
     return Path(chosen[0])
 
 
-def _fresh_dir(cfg: RunConfig, run_dir: str | None) -> Path:
+def _fresh_dir(cfg: RunConfig, run_dir: str | None, resume: bool = False) -> Path:
     if run_dir is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         base = Path("runs") / f"{cfg.model.arch}-forget{'_'.join(map(str, cfg.sa.forget))}-{stamp}"
@@ -60,6 +61,9 @@ def _fresh_dir(cfg: RunConfig, run_dir: str | None) -> Path:
         path = Path(run_dir)
         if (path / "results.json").exists():
             raise UserError(f"--run-dir {path} already holds a finished run (results.json); choose another")
+        if (path / "state").exists() and not resume:
+            raise UserError(f"--run-dir {path} holds an interrupted run; continue it with --resume {path} "
+                            "or choose another")
     try:
         path.mkdir(parents=True, exist_ok=True)
         (path / ".write-test").touch()
@@ -69,9 +73,11 @@ def _fresh_dir(cfg: RunConfig, run_dir: str | None) -> Path:
     return path
 
 
-def get_baseline(cfg: RunConfig, accelerator, checkpoint: str | None = None, exclude: tuple[int, ...] = ()):
+def get_baseline(cfg: RunConfig, accelerator, checkpoint: str | None = None, exclude: tuple[int, ...] = (),
+                 ckpt=None):
     """(model, info): from ``checkpoint``, from the cache, or trained now (all processes) and cached.
-    ``exclude``: train without those classes (the ``retrain`` reference), cached under its own key."""
+    ``exclude``: train without those classes (the ``retrain`` reference), cached under its own key.
+    ``ckpt``: the ``resume.Checkpointer`` of that training."""
     if checkpoint:
         model, meta = load_checkpoint(checkpoint, expect=cfg.model)
         key = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
@@ -84,11 +90,17 @@ def get_baseline(cfg: RunConfig, accelerator, checkpoint: str | None = None, exc
                        "history": json.loads(meta["history"])}
     from .baseline import save_baseline, train_baseline
 
-    model, history, seconds = train_baseline(cfg, accelerator, path.parent / "tensorboard", exclude)
+    model, history, seconds = train_baseline(cfg, accelerator, path.parent / "tensorboard", exclude, ckpt)
     if accelerator.is_main_process:
         save_baseline(path, model, history, seconds, cfg)
     accelerator.wait_for_everyone()
     return model, {"key": key, "seconds": seconds, "cached": False, "history": history}
+
+
+def fisher_key(cfg: RunConfig, base_key: str) -> str:
+    """Cache key of the Fisher: the baseline's key (config, data, format), samples, seed, batch, format."""
+    return stable_hash({"baseline": base_key, "n": cfg.sa.n_fisher, "seed": cfg.train.seed,
+                        "batch": cfg.sa.fisher_batch, "format": FORMAT_VERSION})
 
 
 def get_fisher(cfg: RunConfig, model, base_key: str, accelerator):
@@ -96,7 +108,7 @@ def get_fisher(cfg: RunConfig, model, base_key: str, accelerator):
     ``seconds`` is what computing it took, also when it comes from the cache."""
     from .fisher import diag_fisher, load_fisher, save_fisher
 
-    key = stable_hash({"baseline": base_key, "n": cfg.sa.n_fisher, "seed": cfg.train.seed, "format": FORMAT_VERSION})
+    key = fisher_key(cfg, base_key)
     path = cache_root() / "fisher" / f"fisher-{key}.safetensors"
     if path.is_file():
         return load_fisher(path, model), float(read_metadata(path).get("seconds", "nan")), True
@@ -121,14 +133,14 @@ def evaluate_run(cfg: RunConfig, before, after, device) -> tuple[dict, float]:
     return out, time.perf_counter() - t0
 
 
-def unlearn_from_config(cfg: RunConfig, original, fisher: dict, accelerator, log_dir=None):
+def unlearn_from_config(cfg: RunConfig, original, fisher: dict, accelerator, log_dir=None, ckpt=None):
     """``selective_amnesia`` with every setting taken from ``cfg.sa`` (seeded): (unlearned model, history)."""
     s = cfg.sa
     set_seed(cfg.train.seed)
     return selective_amnesia(original, fisher, s.forget, accelerator, lam=s.lam, gamma=s.gamma,
                              sa_epochs=s.sa_epochs, lr=s.lr, batch=s.batch, n_replay=s.n_replay,
                              surrogate=s.surrogate, surrogate_batch=s.surrogate_batch, seed=cfg.train.seed,
-                             log_dir=log_dir, config=asdict(cfg))
+                             log_dir=log_dir, config=asdict(cfg), checkpointer=ckpt)
 
 
 def write_outputs(run_dir: Path, results: dict, before, after, forget):
@@ -143,18 +155,38 @@ def write_outputs(run_dir: Path, results: dict, before, after, forget):
     build_report(run_dir)
 
 
-def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | None = None, accelerator=None):
-    """The whole job under Accelerate; returns (results dict, run directory). Only the main process writes."""
+def _resumed_checkpoint(run_dir, checkpoint: str | None) -> str | None:
+    """The ``--checkpoint`` an interrupted run was started with (kept in ``checkpoint.txt``)."""
+    saved = Path(run_dir) / "checkpoint.txt"
+    saved = saved.read_text().strip() if saved.is_file() else None
+    if checkpoint and saved and Path(checkpoint).resolve() != Path(saved):
+        raise UserError(f"--resume {run_dir}: that run unlearns --checkpoint {saved}, not {checkpoint}")
+    return checkpoint or saved
+
+
+def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | None = None, accelerator=None,
+                resume: bool = False):
+    """The whole job under Accelerate; returns (results dict, run directory). Only the main process writes.
+    ``resume``: continue the interrupted run in ``run_dir`` (baseline training or SA from their saved states)."""
+    from .resume import checkpointer, drop_state
+
     cfg = validate(quick_config(cfg) if cfg.quick else cfg)
+    checkpoint = _resumed_checkpoint(run_dir, checkpoint) if resume else checkpoint
+    prepare_mnist(cfg.data_dir)  # bad data or checkpoint files cost one line before anything is written
+    if checkpoint:
+        load_checkpoint(checkpoint, expect=cfg.model)
     accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision)
-    out_dir = new_run_dir(cfg, run_dir, accelerator)
+    out_dir = new_run_dir(cfg, run_dir, accelerator, resume)
     if accelerator.is_main_process:
         save_config(cfg, out_dir / "config.yaml")
+        if checkpoint:  # --resume finds it here
+            atomic_write_text(out_dir / "checkpoint.txt", str(Path(checkpoint).resolve()) + "\n")
     get_evaluator(accelerator, cfg.data_dir, limit=cfg.train.limit)  # trained once, before anything is timed
-    original, base = get_baseline(cfg, accelerator, checkpoint)
+    original, base = get_baseline(cfg, accelerator, checkpoint, ckpt=checkpointer(accelerator, out_dir, "baseline"))
     fisher, fisher_s, fisher_cached = get_fisher(cfg, original, base["key"], accelerator)
     t0 = time.perf_counter()
-    after, history = unlearn_from_config(cfg, original, fisher, accelerator, out_dir / "tensorboard")
+    after, history = unlearn_from_config(cfg, original, fisher, accelerator, out_dir / "tensorboard",
+                                         checkpointer(accelerator, out_dir, "sa"))
     unlearn_s = time.perf_counter() - t0
     results = None
     if accelerator.is_main_process:
@@ -165,6 +197,7 @@ def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | No
                    "timing_s": {"baseline": base["seconds"], "fisher": fisher_s, "fisher_cached": fisher_cached,
                                 "unlearn": unlearn_s, "evaluate": eval_s}}
         write_outputs(out_dir, results, original.cpu(), after.cpu(), cfg.sa.forget)
+        drop_state(out_dir)
     accelerator.wait_for_everyone()
     return results, out_dir
 

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from .config import SA_LR, SAConfig
 from .data import TensorBatches, _identity
 from .models import CVAE, elbo
+from .resume import Checkpointer, inject
 from .train import check_finite, plain_copy, start_tracking, stop_tracking, wrap_model
 from .utils import UsageError
 
@@ -37,7 +38,10 @@ def load_user_images(path: str | Path) -> torch.Tensor:
     except (OSError, ValueError) as e:
         raise UsageError(f"--surrogate {path}: cannot read the .npy file ({e})") from None
     if arr.ndim < 2 or arr.shape[0] < 1 or int(np.prod(arr.shape[1:])) != 784:
-        raise UsageError(f"--surrogate {path}: expected images of shape (N, 28, 28), got {arr.shape}")
+        raise UsageError(f"--surrogate {path}: expected images of shape (N, 28, 28), (N, 1, 28, 28) or (N, 784), "
+                         f"got {arr.shape}")
+    if arr.dtype.kind not in "biuf":
+        raise UsageError(f"--surrogate {path}: expected numbers in [0, 1], got dtype {arr.dtype}")
     x = torch.from_numpy(arr.astype(np.float32)).reshape(-1, 1, 28, 28)
     if not torch.isfinite(x).all() or x.min() < 0 or x.max() > 1:
         raise UsageError(f"--surrogate {path}: pixel values must lie in [0, 1], got [{x.min():.3g}, {x.max():.3g}]")
@@ -104,12 +108,25 @@ def _step_terms(model, xs, cs, xr, cr, fisher, theta_star, net, lam, gamma, alph
     return surrogate, replay, ewc, alpha * surrogate + gamma * replay + lam * ewc
 
 
+def _steps(replay, surr, sa_epochs: int, ckpt):
+    """(iterator of every step's (replay, surrogate) batches, history, steps done). On a resume the shuffles are
+    replayed up to the saved step (nothing computed) and the saved state is loaded; a state is saved every SA epoch."""
+    meta = ckpt.load_meta() or {"step": 0, "history": []}
+    ckpt.every = len(replay)
+    batches = ((r, q) for _ in range(sa_epochs) for r, q in zip(replay, surr))
+    for _ in range(meta["step"]):
+        next(batches)
+    if meta["step"]:
+        ckpt.restore()
+    return batches, meta["history"], meta["step"]
+
+
 def selective_amnesia(model: CVAE, fisher: dict, forget: list[int], accelerator, *, lam: float = SAConfig.lam,
                       gamma: float = SAConfig.gamma, sa_epochs: int = SAConfig.sa_epochs, lr: float | None = None,
                       batch: int = SAConfig.batch, n_replay: int = SAConfig.n_replay,
                       surrogate: str = SAConfig.surrogate, seed: int = 0, log_dir: str | Path | None = None,
                       config: dict | None = None, sync_bn: bool = True, alpha: float = 1.0,
-                      surrogate_batch: int | None = SAConfig.surrogate_batch):
+                      surrogate_batch: int | None = SAConfig.surrogate_batch, checkpointer=None):
     """Minimise the SA objective (module docstring) from theta* = ``model``; return (unlearned model, history).
 
     An SA epoch is one pass over the replay set of ``n_replay`` samples (default 15360 = 60 steps of 256), each
@@ -118,7 +135,8 @@ def selective_amnesia(model: CVAE, fisher: dict, forget: list[int], accelerator,
     DDP. Batch norm stays in eval mode (the running statistics of theta* on real data are kept), so the objective
     is the very function whose Fisher was taken, and a sample's loss does not depend on the rest of its batch. ``history`` holds floats per step.
     ``alpha`` weighs the surrogate term (1 in the paper; 0 leaves replay and EWC alone, an ablation).
-    ``lr`` None takes the architecture's measured default (``config.SA_LR``)."""
+    ``lr`` None takes the architecture's measured default (``config.SA_LR``). ``checkpointer``
+    (``resume.Checkpointer``) saves a resumable state every SA epoch and on SIGINT/SIGTERM, and resumes from one."""
     lr = SA_LR[model.cfg.arch] if lr is None else lr
     rank, world = accelerator.process_index, accelerator.num_processes
     frozen = plain_copy(model).to(accelerator.device).requires_grad_(False)  # p(x|theta*), never wrapped
@@ -135,18 +153,22 @@ def selective_amnesia(model: CVAE, fisher: dict, forget: list[int], accelerator,
     inner = accelerator.unwrap_model(net)
     if log_dir is not None:
         start_tracking(accelerator, log_dir, "sa", config)
-    bar = tqdm(total=sa_epochs * len(replay), desc="selective amnesia", disable=not accelerator.is_local_main_process)
-    history, step, dev = [], 0, accelerator.device
+    ckpt = checkpointer or Checkpointer(accelerator, None, "sa")
+    batches, history, step = _steps(replay, surr, sa_epochs, ckpt)
+    dev = accelerator.device
+    bar = tqdm(total=sa_epochs * len(replay), initial=step, desc="selective amnesia",
+               disable=not accelerator.is_local_main_process)
     net.eval()  # batch norm frozen: see docstring
-    for _ in range(sa_epochs):
-        for (xr, cr), (xs, cs) in zip(replay, surr):
+    with ckpt.catching_signals(), bar:  # the bar ends its line also when a fault stops the loop
+        for (xr, cr), (xs, cs) in batches:
             step += 1
             terms = _step_terms(net, xs.to(dev), cs.to(dev), xr.to(dev), cr.to(dev), fisher, theta_star, inner,
                                 lam, gamma, alpha)
             row = {"step": step, **dict(zip(("surrogate_nelbo", "replay_nelbo", "ewc", "loss"),
                                             (t.item() for t in terms)))}
+            row["surrogate_nelbo"] = inject("sa", step, rank, row["surrogate_nelbo"])
             for term in ("surrogate_nelbo", "replay_nelbo", "ewc", "loss"):
-                check_finite(row[term], step, f"SA {term}")
+                check_finite(row[term], step, f"SA {term}", ckpt.where_kept())
             opt.zero_grad(set_to_none=True)
             accelerator.backward(terms[-1])
             opt.step()
@@ -155,7 +177,8 @@ def selective_amnesia(model: CVAE, fisher: dict, forget: list[int], accelerator,
             bar.update(1)
             bar.set_postfix(surrogate=f"{row['surrogate_nelbo']:.1f}", replay=f"{row['replay_nelbo']:.1f}",
                             ewc=f"{row['ewc']:.3g}")
-    bar.close()
+            ckpt.after_step(step, lambda: {"history": history})
     if log_dir is not None:
         stop_tracking(accelerator)
+    ckpt.finish()
     return plain_copy(inner), history

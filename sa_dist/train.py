@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import math
+import os
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
 from tqdm.auto import tqdm
 
 from .models import build_model, elbo
+from .resume import Checkpointer, inject
 from .utils import UserError
 
 
@@ -20,13 +23,16 @@ class NonFiniteLoss(UserError):
 
 
 def make_accelerator(cpu: bool | None = None, mixed_precision: str = "no", project_dir: str | None = None):
-    """One Accelerator per process. CPU unless CUDA is there; TensorBoard logs under ``project_dir``."""
+    """One Accelerator per process. CPU unless CUDA is there; TensorBoard logs under ``project_dir``.
+    ``$SA_DIST_TIMEOUT`` (seconds, default 1800): a collective waiting longer on a stuck process fails the job."""
     if cpu is None:
         cpu = not torch.cuda.is_available()
     project_dir = str(project_dir or Path.cwd() / "runs")
+    timeout = timedelta(seconds=float(os.environ.get("SA_DIST_TIMEOUT", 1800)))  # a stuck collective fails after it
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with="tensorboard",
                        project_config=ProjectConfiguration(project_dir=project_dir, logging_dir=project_dir),
-                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
 
 
 def start_tracking(accelerator: Accelerator, log_dir: str | Path, name: str, config: dict | None = None):
@@ -59,9 +65,9 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_finite(value: float, step: int, term: str):
+def check_finite(value: float, step: int, term: str, kept: str = "the last good checkpoint is kept"):
     if not math.isfinite(value):
-        raise NonFiniteLoss(f"non-finite {term} ({value}) at step {step}; stopped, the last good checkpoint is kept")
+        raise NonFiniteLoss(f"non-finite {term} ({value}) at step {step}; stopped, {kept}")
 
 
 def wrap_model(accelerator: Accelerator, model: nn.Module, sync_bn: bool = True) -> nn.Module:
@@ -118,40 +124,72 @@ def _log_grid(accelerator: Accelerator, model: nn.Module, tag: str, step: int):
 
 
 def train_vae(model: nn.Module, train_loader, test_loader, accelerator: Accelerator, epochs: int, lr: float,
-              log_dir: str | Path | None = None, config: dict | None = None, sync_bn: bool = True):
+              log_dir: str | Path | None = None, config: dict | None = None, sync_bn: bool = True,
+              checkpointer=None):
     """Train a cVAE on the negative ELBO (batch mean); return ``(plain trained model, history)``.
 
     ``history`` has one dict per epoch: ``{"epoch", "train_nelbo", "test_nelbo", "seconds"}``.
-    Only the main process logs (tqdm, TensorBoard under ``log_dir/baseline``)."""
+    Only the main process logs (tqdm, TensorBoard under ``log_dir/baseline``). ``checkpointer``
+    (``resume.Checkpointer``) saves a resumable state after every epoch and on SIGINT/SIGTERM, and resumes from one."""
+    ckpt = checkpointer or Checkpointer(accelerator, None, "baseline")
     model = wrap_model(accelerator, model, sync_bn)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model, opt, train_loader, test_loader = accelerator.prepare(model, opt, train_loader, test_loader)
     if log_dir is not None:
         start_tracking(accelerator, log_dir, "baseline", config)
-    bar = tqdm(total=epochs * len(train_loader), desc="baseline", disable=not accelerator.is_local_main_process)
-    history, step = [], 0
-    for epoch in range(1, epochs + 1):
-        t0, total = time.perf_counter(), torch.zeros(2, dtype=torch.float64)
-        model.train()
-        for x, c in train_loader:
-            loss = elbo(model, x, c).mean()
-            step += 1
-            check_finite(loss.item(), step, "baseline negative ELBO")
-            opt.zero_grad(set_to_none=True)
-            accelerator.backward(loss)
-            opt.step()
-            total += torch.tensor([loss.item() * len(x), len(x)], dtype=torch.float64)
-            bar.update(1)
-            bar.set_postfix(nelbo=f"{loss.item():.1f}")
-        average_buffers(accelerator, model)
-        total = accelerator.reduce(total.to(accelerator.device), reduction="sum").cpu()
-        row = {"epoch": epoch, "train_nelbo": total[0].item() / total[1].item(),
-               "test_nelbo": mean_nelbo(model, test_loader, accelerator), "seconds": time.perf_counter() - t0}
-        history.append(row)
-        accelerator.log({"baseline/train_nelbo": row["train_nelbo"], "baseline/test_nelbo": row["test_nelbo"],
-                         "baseline/epoch_seconds": row["seconds"]}, step=epoch)
-        _log_grid(accelerator, model, "baseline/samples", epoch)
-    bar.close()
+    per_epoch = len(train_loader)
+    meta = ckpt.load_meta() or {"step": 0, "history": [], "total": [0.0, 0.0]}
+    history, step, ckpt.every = meta["history"], meta["step"], per_epoch
+    bar = tqdm(total=epochs * per_epoch, initial=step, desc="baseline", disable=not accelerator.is_local_main_process)
+    with ckpt.catching_signals(), bar:  # the bar ends its line also when a fault stops the loop
+        for epoch in range(1, epochs + 1):
+            t0, batches = time.perf_counter(), iter(train_loader)
+            done = min(max(meta["step"] - (epoch - 1) * per_epoch, 0), per_epoch)  # batches done before a resume
+            for _ in range(done):
+                next(batches)  # replay the shuffle, nothing computed
+            if len(history) >= epoch:  # finished before a resume
+                for _ in batches:
+                    pass
+                continue
+            total = torch.tensor(meta["total"] if done else [0.0, 0.0], dtype=torch.float64)
+            _resume(ckpt, step)
+            model.train()
+            for x, c in batches:
+                loss = elbo(model, x, c).mean()
+                step += 1
+                check_finite(inject("baseline", step, accelerator.process_index, loss.item()), step,
+                             "baseline negative ELBO", ckpt.where_kept())
+                opt.zero_grad(set_to_none=True)
+                accelerator.backward(loss)
+                opt.step()
+                total += torch.tensor([loss.item() * len(x), len(x)], dtype=torch.float64)
+                bar.update(1)
+                bar.set_postfix(nelbo=f"{loss.item():.1f}")
+                if step < epoch * per_epoch:  # the epoch's last step is saved below, after its evaluation
+                    ckpt.after_step(step, lambda: {"history": history, "total": total.tolist()})
+            _end_epoch(model, test_loader, accelerator, history, epoch, total, t0)
+            ckpt.after_step(step, lambda: {"history": history, "total": [0.0, 0.0]})
+    _resume(ckpt, step)  # a state saved after the last epoch
     if log_dir is not None:
         stop_tracking(accelerator)
+    ckpt.finish()
     return plain_copy(accelerator.unwrap_model(model)), history
+
+
+def _resume(ckpt, step: int) -> None:
+    """Load the saved state once, when the loop reaches the step it was saved at (loaders already replayed)."""
+    if ckpt.meta is not None and step == ckpt.meta["step"] and not ckpt.meta.get("restored"):
+        ckpt.restore()
+        ckpt.meta["restored"] = True
+
+
+def _end_epoch(model, test_loader, accelerator, history: list, epoch: int, total: torch.Tensor, t0: float):
+    """BN statistics evened out over processes, the epoch's train/test nELBO logged and appended to ``history``."""
+    average_buffers(accelerator, model)
+    total = accelerator.reduce(total.to(accelerator.device), reduction="sum").cpu()
+    row = {"epoch": epoch, "train_nelbo": total[0].item() / total[1].item(),
+           "test_nelbo": mean_nelbo(model, test_loader, accelerator), "seconds": time.perf_counter() - t0}
+    history.append(row)
+    accelerator.log({"baseline/train_nelbo": row["train_nelbo"], "baseline/test_nelbo": row["test_nelbo"],
+                     "baseline/epoch_seconds": row["seconds"]}, step=epoch)
+    _log_grid(accelerator, model, "baseline/samples", epoch)

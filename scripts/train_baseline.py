@@ -12,7 +12,7 @@ def main():
     cfg = config_from_args(args)
     from sa_dist.baseline import run_baseline
 
-    run_baseline(cfg, args.run_dir)
+    run_baseline(cfg, args.resume or args.run_dir, resume=bool(args.resume))
 
 
 if __name__ == "__main__":

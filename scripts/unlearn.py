@@ -13,7 +13,8 @@ def main():
     cfg = config_from_args(args)
     from sa_dist.pipeline import run_unlearn, report_line
 
-    results, run_dir = run_unlearn(cfg, run_dir=args.run_dir, checkpoint=args.checkpoint)
+    results, run_dir = run_unlearn(cfg, run_dir=args.resume or args.run_dir, checkpoint=args.checkpoint,
+                                   resume=bool(args.resume))
     if results is not None:
         print(report_line(results, run_dir))
 

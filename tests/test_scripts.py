@@ -56,7 +56,8 @@ def test_second_run_reuses_the_cached_baseline_and_fisher(finished_run, tmp_path
     res = json.loads((tmp_path / "r2" / "results.json").read_text())
     assert res["baseline"]["cached"] is True and res["timing_s"]["fisher_cached"] is True
     first = json.loads((finished_run[0] / "results.json").read_text())
-    assert res["after"] == first["after"]  # same seed, same numbers
+    for key in ("before", "after", "surrogate", "summary", "sa_history"):
+        assert res[key] == first[key], key  # same command and seed, same numbers
 
 
 def test_unlearn_an_explicit_checkpoint_and_sample_it(tiny_baseline, tmp_path):
