@@ -12,7 +12,7 @@ from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration
 from tqdm.auto import tqdm
 
 from .models import build_model, elbo
-from .utils import UserError
+from .utils import UsageError, UserError
 
 
 class NonFiniteLoss(UserError):
@@ -23,6 +23,8 @@ def make_accelerator(cpu: bool | None = None, mixed_precision: str = "no", proje
     """One Accelerator per process. CPU unless CUDA is there; TensorBoard logs under ``project_dir``."""
     if cpu is None:
         cpu = not torch.cuda.is_available()
+    if cpu and mixed_precision == "fp16":  # Accelerate would silently run float32
+        raise UsageError("--mixed-precision fp16 needs a GPU; on CPU use bf16 or no")
     project_dir = str(project_dir or Path.cwd() / "runs")
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with="tensorboard",
                        project_config=ProjectConfiguration(project_dir=project_dir, logging_dir=project_dir),
@@ -65,9 +67,10 @@ def check_finite(value: float, step: int, term: str):
 
 
 def wrap_model(accelerator: Accelerator, model: nn.Module, sync_bn: bool = True) -> nn.Module:
-    """Batch norm becomes SyncBatchNorm when several GPU processes train (statistics over the global batch).
-    PyTorch's SyncBatchNorm needs GPUs; on CPU ranks ``average_buffers`` evens the statistics out instead."""
-    if sync_bn and accelerator.num_processes > 1 and accelerator.device.type != "cpu":
+    """With ``sync_bn`` and several CUDA processes, batch norm becomes SyncBatchNorm (statistics over the global
+    batch). PyTorch's SyncBatchNorm refuses CPU tensors; on CPU ranks ``train_vae`` averages the running
+    statistics over ranks after every epoch instead (``average_buffers``)."""
+    if sync_bn and accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
 
@@ -122,7 +125,9 @@ def train_vae(model: nn.Module, train_loader, test_loader, accelerator: Accelera
     """Train a cVAE on the negative ELBO (batch mean); return ``(plain trained model, history)``.
 
     ``history`` has one dict per epoch: ``{"epoch", "train_nelbo", "test_nelbo", "seconds"}``.
-    Only the main process logs (tqdm, TensorBoard under ``log_dir/baseline``)."""
+    Only the main process logs (tqdm, TensorBoard under ``log_dir/baseline``). ``sync_bn``: with several
+    processes, SyncBatchNorm on CUDA, running statistics averaged over ranks every epoch on CPU (``wrap_model``);
+    off, every rank normalises with its own batch and keeps its own statistics (the main process's are saved)."""
     model = wrap_model(accelerator, model, sync_bn)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model, opt, train_loader, test_loader = accelerator.prepare(model, opt, train_loader, test_loader)
@@ -143,7 +148,8 @@ def train_vae(model: nn.Module, train_loader, test_loader, accelerator: Accelera
             total += torch.tensor([loss.item() * len(x), len(x)], dtype=torch.float64)
             bar.update(1)
             bar.set_postfix(nelbo=f"{loss.item():.1f}")
-        average_buffers(accelerator, model)
+        if sync_bn:
+            average_buffers(accelerator, model)
         total = accelerator.reduce(total.to(accelerator.device), reduction="sum").cpu()
         row = {"epoch": epoch, "train_nelbo": total[0].item() / total[1].item(),
                "test_nelbo": mean_nelbo(model, test_loader, accelerator), "seconds": time.perf_counter() - t0}

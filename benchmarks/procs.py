@@ -1,0 +1,71 @@
+"""`scripts/unlearn.py --quick` on 1 and on 2 CPU processes: wall time and the bars of each; prints JSON.
+
+    python benchmarks/procs.py [--arch conv] [--out-dir runs/procs]
+
+Each run starts from its own cache holding only the evaluator and the laid-out MNIST (copied from
+$SA_DIST_CACHE), so baseline, Fisher and SA are all computed by that many processes. Both runs share the
+machine's cores the same way: 1 process x 2 threads, 2 processes (torchrun, gloo) x 1 thread.
+"""
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from sa_table import row  # noqa: E402
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def fresh_cache() -> str:
+    from sa_dist.utils import cache_root
+
+    src, dst = cache_root(), Path(tempfile.mkdtemp(prefix="sa_dist_procs_"))
+    for sub in ("evaluator", "mnist"):
+        if (src / sub).is_dir():
+            shutil.copytree(src / sub, dst / sub)
+    return str(dst)
+
+
+def run(n: int, arch: str, run_dir: Path, cores: int) -> dict:
+    launcher = ([sys.executable] if n == 1 else
+                [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
+                 "--master_port", str(free_port())])
+    cache = fresh_cache()
+    env = {**os.environ, "SA_DIST_CACHE": cache, "OMP_NUM_THREADS": str(max(1, cores // n))}
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    r = subprocess.run([*launcher, "scripts/unlearn.py", "--quick", "--arch", arch, "--run-dir", str(run_dir)],
+                       cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    shutil.rmtree(cache, ignore_errors=True)
+    if r.returncode != 0:
+        sys.exit(f"{n} processes failed:\n{r.stderr[-2000:]}")
+    return {"processes": n, "threads_per_process": env["OMP_NUM_THREADS"], "wall_s": wall,
+            "load_1min_at_start": load, **row(run_dir)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--arch", default="conv")
+    p.add_argument("--out-dir", default="runs/procs")
+    p.add_argument("--cores", type=int, default=2, help="cores shared out between the processes (default 2)")
+    a = p.parse_args()
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    rows = [run(n, a.arch, Path(a.out_dir) / f"{a.arch}-p{n}-{stamp}", a.cores) for n in (1, 2)]
+    print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
