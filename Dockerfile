@@ -1,7 +1,7 @@
 # sa_dist on a CUDA-enabled PyTorch base: `accelerate launch` is the entrypoint, scripts/unlearn.py the default command.
 #   docker build -t sa_dist .
 #   docker run --gpus all -v "$PWD/runs:/work/runs" -v sa_cache:/cache sa_dist                 # forget 2, one GPU
-#   docker run --gpus all sa_dist --config_file accelerate_config.yaml scripts/unlearn.py      # every GPU (DDP)
+#   docker run --gpus all sa_dist --config_file accelerate_config.yaml --num_processes 4 scripts/unlearn.py  # 4 GPUs
 #   docker run --rm sa_dist scripts/unlearn.py --quick                                          # smoke command
 # No HEALTHCHECK: this is a batch job that exits when done, not a service; the smoke command above is the check.
 FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime

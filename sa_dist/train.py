@@ -20,7 +20,9 @@ class NonFiniteLoss(UserError):
 
 
 def make_accelerator(cpu: bool | None = None, mixed_precision: str = "no", project_dir: str | None = None):
-    """One Accelerator per process. CPU unless CUDA is there; TensorBoard logs under ``project_dir``."""
+    """One Accelerator per process. CPU unless CUDA is there; TensorBoard logs under ``project_dir``.
+    A prepared loader's batch size is the global batch, split over the processes (``split_batches``), so a run
+    takes the same steps per epoch on any number of processes."""
     if cpu is None:
         cpu = not torch.cuda.is_available()
     if cpu and mixed_precision == "fp16":  # Accelerate would silently run float32
@@ -28,7 +30,7 @@ def make_accelerator(cpu: bool | None = None, mixed_precision: str = "no", proje
     project_dir = str(project_dir or Path.cwd() / "runs")
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with="tensorboard",
                        project_config=ProjectConfiguration(project_dir=project_dir, logging_dir=project_dir),
-                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True))
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, split_batches=True))
 
 
 def start_tracking(accelerator: Accelerator, log_dir: str | Path, name: str, config: dict | None = None):
@@ -127,7 +129,12 @@ def train_vae(model: nn.Module, train_loader, test_loader, accelerator: Accelera
     ``history`` has one dict per epoch: ``{"epoch", "train_nelbo", "test_nelbo", "seconds"}``.
     Only the main process logs (tqdm, TensorBoard under ``log_dir/baseline``). ``sync_bn``: with several
     processes, SyncBatchNorm on CUDA, running statistics averaged over ranks every epoch on CPU (``wrap_model``);
-    off, every rank normalises with its own batch and keeps its own statistics (the main process's are saved)."""
+    off, every rank normalises with its own batch share and keeps the main process's running statistics (DDP
+    broadcasts them)."""
+    n, batch = accelerator.num_processes, train_loader.batch_size
+    if batch % n:
+        raise UsageError(f"--batch {batch} is the global batch, split over the processes: it must be a multiple "
+                         f"of their number ({n})")
     model = wrap_model(accelerator, model, sync_bn)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model, opt, train_loader, test_loader = accelerator.prepare(model, opt, train_loader, test_loader)

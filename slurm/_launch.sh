@@ -16,7 +16,7 @@ if [ "${1:-}" != --on-node ]; then  # in the batch script: settle the layout onc
   : "${SLURM_JOB_NODELIST:?run inside a SLURM allocation, e.g. sbatch slurm/train.sh}"
   export SA_NODES=${SLURM_NNODES:-1}
   export SA_MAIN_IP
-  SA_MAIN_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+  SA_MAIN_IP=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | awk "NR == 1")  # awk reads all: no SIGPIPE
   gpus=${GPUS_PER_NODE:-${SLURM_GPUS_ON_NODE:-$( (nvidia-smi -L 2>/dev/null || true) | grep -c '^GPU' || true)}}
   export SA_PROCS_PER_NODE=$(( gpus > 0 ? gpus : ${CPU_PROCS_PER_NODE:-2} ))
   echo "sa_dist: $SA_NODES node(s) x $SA_PROCS_PER_NODE process(es) ($([ "$gpus" -gt 0 ] && echo GPU || echo CPU))," \

@@ -107,3 +107,23 @@ def test_accelerate_config_is_valid_and_documented():
         line = next(l for l in text.splitlines() if l.startswith(key + ":"))
         assert "#" in line, line
     assert set(yaml.safe_load(text)) >= {"num_processes", "mixed_precision", "main_process_port"}
+
+
+def test_ranks_split_the_global_batch_and_sync_bn_off_keeps_the_main_process_statistics(tmp_path):
+    from test_distributed import torchrun
+
+    from sa_dist.checkpoint import load_checkpoint
+
+    saved = {}
+    for mode in ("sync", "nosync"):
+        (tmp_path / mode).mkdir()
+        r = torchrun(ROOT / "tests" / "workers" / "ddp_train.py", tmp_path / mode, "linear", mode)
+        assert r.returncode == 0, r.stderr[-2000:]
+        ranks = [torch.load(tmp_path / mode / f"rank{i}.pt") for i in (0, 1)]
+        assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])  # identical ranks either way
+        assert [(tmp_path / mode / f"steps{i}.txt").read_text() for i in (0, 1)] == ["8", "8"]  # 1024 / 128
+        saved[mode] = load_checkpoint(tmp_path / mode / "main.safetensors")[0].state_dict()
+    stats = [k for k in saved["sync"] if "running_" in k]
+    assert stats and all(not torch.equal(saved["sync"][k], saved["nosync"][k]) for k in stats)
+    assert all(torch.equal(saved["sync"][k], saved["nosync"][k]) for k in saved["sync"] if k not in stats
+               and not k.endswith("num_batches_tracked"))  # the same weights: only the statistics differ

@@ -22,6 +22,8 @@ tr, te = loaders(128, seed=0, limit=1024)
 model, hist = train_vae(build_model(ModelConfig(arch=arch, width=4 if arch == "conv" else 64)), tr, te, acc,
                         epochs=1, lr=1e-3, sync_bn=sync_bn)
 torch.save(model.state_dict(), out / f"rank{acc.process_index}.pt")
+steps = len(acc.prepare(loaders(128, seed=0, limit=1024)[0]))  # per epoch: the global batch of 128 is split
+(out / f"steps{acc.process_index}.txt").write_text(str(steps))
 if acc.is_main_process:
     save_checkpoint(out / "main.safetensors", model, extra={"processes": acc.num_processes, "history": hist})
 acc.wait_for_everyone()
