@@ -1,6 +1,6 @@
 """`scripts/unlearn.py --quick` on 1 and on 2 CPU processes: wall time and the bars of each; prints JSON.
 
-    python benchmarks/procs.py [--arch conv] [--out-dir runs/procs]
+    python benchmarks/procs.py [--arch conv] [--out-dir runs/procs] [more unlearn.py flags, e.g. --forget 0]
 
 Each run starts from its own cache holding only the evaluator and the laid-out MNIST (copied from
 $SA_DIST_CACHE), so baseline, Fisher and SA are all computed by that many processes. Every process gets
@@ -42,7 +42,7 @@ def fresh_cache() -> str:
     return str(dst)
 
 
-def run(n: int, arch: str, run_dir: Path, threads: int) -> dict:
+def run(n: int, arch: str, run_dir: Path, threads: int, extra: list) -> dict:
     launcher = ([sys.executable] if n == 1 else
                 [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
                  "--master_port", str(free_port())])
@@ -51,7 +51,8 @@ def run(n: int, arch: str, run_dir: Path, threads: int) -> dict:
     load = os.getloadavg()[0]
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
-    r = subprocess.run([*launcher, "scripts/unlearn.py", "--quick", "--arch", arch, "--run-dir", str(run_dir)],
+    r = subprocess.run([*launcher, "scripts/unlearn.py", "--quick", "--arch", arch, "--run-dir", str(run_dir),
+                        *extra],
                        cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -68,9 +69,9 @@ def main():
     p.add_argument("--arch", default="conv")
     p.add_argument("--out-dir", default="runs/procs")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
-    a = p.parse_args()
+    a, extra = p.parse_known_args()
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    rows = [run(n, a.arch, Path(a.out_dir) / f"{a.arch}-p{n}-{stamp}", a.threads) for n in (1, 2)]
+    rows = [run(n, a.arch, Path(a.out_dir) / f"{a.arch}-p{n}-{stamp}", a.threads, extra) for n in (1, 2)]
     print(json.dumps(rows, indent=1))
 
 
