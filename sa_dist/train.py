@@ -132,7 +132,7 @@ def train_vae(model: nn.Module, train_loader, test_loader, accelerator: Accelera
     off, every rank normalises with its own batch share and keeps the main process's running statistics (DDP
     broadcasts them)."""
     n, batch = accelerator.num_processes, train_loader.batch_size
-    if batch % n:
+    if batch and batch % n:
         raise UsageError(f"--batch {batch} is the global batch, split over the processes: it must be a multiple "
                          f"of their number ({n})")
     model = wrap_model(accelerator, model, sync_bn)
