@@ -27,7 +27,7 @@ def train_baseline(cfg: RunConfig, accelerator, log_dir: Path | None, exclude: t
     tr, te = loaders(cfg.train.batch, cfg.train.seed, cfg.data_dir, cfg.train.limit, classes=keep)
     t0 = time.perf_counter()
     model, history = train_vae(build_model(cfg.model), tr, te, accelerator, cfg.train.epochs, cfg.train.lr,
-                               log_dir=log_dir, config=asdict(cfg), checkpointer=checkpointer)
+                               log_dir=log_dir, config=asdict(cfg), checkpointer=checkpointer, sync_bn=cfg.sync_bn)
     return model, history, time.perf_counter() - t0
 
 

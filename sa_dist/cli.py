@@ -58,7 +58,11 @@ def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="seed (default 49)")
     p.add_argument("--limit", type=int, help="use only the first N train and test images (smoke runs)")
     p.add_argument("--data-dir", help="folder with the four MNIST files (default: the package's copy)")
-    p.add_argument("--mixed-precision", help="no | fp16 | bf16 (default no)")
+    p.add_argument("--mixed-precision", help="no | fp16 | bf16 (default no, or accelerate launch's setting; fp16 "
+                   "needs a GPU). The Fisher and the EWC penalty are always float32")
+    p.add_argument("--sync-bn", action=argparse.BooleanOptionalAction, default=None,
+                   help="several processes: BatchNorm -> SyncBatchNorm on GPU, running stats averaged over ranks "
+                   "each epoch on CPU (default on)")
     p.add_argument("--run-dir", help="output folder (default runs/<arch>-...-<time>); never overwritten")
     p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR with its config.yaml")
 
@@ -87,15 +91,20 @@ FLAG_TO_FIELD = {"arch": ("model", "arch"), "z_dim": ("model", "z_dim"), "width"
                  "sa_lr": ("sa", "lr"), "n_replay": ("sa", "n_replay"),
                  "surrogate_batch": ("sa", "surrogate_batch"), "n_fisher": ("sa", "n_fisher"),
                  "surrogate": ("sa", "surrogate"), "method": ("sa", "method"), "data_dir": (None, "data_dir"),
-                 "mixed_precision": (None, "mixed_precision"), "eval_samples": (None, "eval_samples")}
+                 "mixed_precision": (None, "mixed_precision"), "eval_samples": (None, "eval_samples"),
+                 "sync_bn": (None, "sync_bn")}
 
 
 def config_from_args(args: argparse.Namespace) -> RunConfig:
-    """Dataclass defaults <- ``--config`` YAML <- flags; validated. ``--resume DIR``: DIR's config.yaml alone."""
+    """Dataclass defaults <- ``--config`` YAML <- ``accelerate launch``'s mixed precision (if not "no") <- flags;
+    validated. ``--resume DIR``: DIR's config.yaml alone."""
     if getattr(args, "resume", None):
         return resume_config(args)
     cfg = load_config(args.config) if getattr(args, "config", None) else RunConfig()
     updates: dict = {"model": {}, "train": {}, "sa": {}, None: {}}
+    launcher_mp = os.environ.get("ACCELERATE_MIXED_PRECISION", "no").lower()  # set by accelerate launch
+    if launcher_mp != "no":
+        updates[None]["mixed_precision"] = launcher_mp
     for flag, (section, name) in FLAG_TO_FIELD.items():
         if getattr(args, flag, None) is not None:
             updates[section][name] = getattr(args, flag)

@@ -49,7 +49,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sa: SAConfig = field(default_factory=SAConfig)
     eval_samples: int = 1000  # generated samples per class scored by the evaluator
-    mixed_precision: str = "no"  # no | fp16 | bf16, passed to Accelerate (the Fisher and EWC stay float32)
+    mixed_precision: str = "no"  # no | fp16 | bf16 (fp16 on GPU only), passed to Accelerate; Fisher and EWC stay float32
+    sync_bn: bool = True  # several processes: SyncBatchNorm on CUDA; on CPU, BN running stats averaged each epoch
     data_dir: Optional[str] = None  # another copy of the four MNIST files (default: the package's own)
     quick: bool = False  # a ~90 s smoke run that already shows forgetting
 

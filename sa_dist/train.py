@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from .models import build_model, elbo
 from .resume import Checkpointer, inject
-from .utils import UserError
+from .utils import UsageError, UserError
 
 
 class NonFiniteLoss(UserError):
@@ -24,14 +24,18 @@ class NonFiniteLoss(UserError):
 
 def make_accelerator(cpu: bool | None = None, mixed_precision: str = "no", project_dir: str | None = None):
     """One Accelerator per process. CPU unless CUDA is there; TensorBoard logs under ``project_dir``.
-    ``$SA_DIST_TIMEOUT`` (seconds, default 1800): a collective waiting longer on a stuck process fails the job."""
+    ``$SA_DIST_TIMEOUT`` (seconds, default 1800): a collective waiting longer on a stuck process fails the job.
+    A prepared loader's batch size is the global batch, split over the processes (``split_batches``), so a run
+    takes the same steps per epoch on any number of processes."""
     if cpu is None:
         cpu = not torch.cuda.is_available()
+    if cpu and mixed_precision == "fp16":  # Accelerate would silently run float32
+        raise UsageError("--mixed-precision fp16 needs a GPU; on CPU use bf16 or no")
     project_dir = str(project_dir or Path.cwd() / "runs")
     timeout = timedelta(seconds=float(os.environ.get("SA_DIST_TIMEOUT", 1800)))  # a stuck collective fails after it
     return Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with="tensorboard",
                        project_config=ProjectConfiguration(project_dir=project_dir, logging_dir=project_dir),
-                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, split_batches=True),
                        kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
 
 
@@ -71,9 +75,10 @@ def check_finite(value: float, step: int, term: str, kept: str = "the last good 
 
 
 def wrap_model(accelerator: Accelerator, model: nn.Module, sync_bn: bool = True) -> nn.Module:
-    """Batch norm becomes SyncBatchNorm when several GPU processes train (statistics over the global batch).
-    PyTorch's SyncBatchNorm needs GPUs; on CPU ranks ``average_buffers`` evens the statistics out instead."""
-    if sync_bn and accelerator.num_processes > 1 and accelerator.device.type != "cpu":
+    """With ``sync_bn`` and several CUDA processes, batch norm becomes SyncBatchNorm (statistics over the global
+    batch). PyTorch's SyncBatchNorm refuses CPU tensors; on CPU ranks ``train_vae`` averages the running
+    statistics over ranks after every epoch instead (``average_buffers``)."""
+    if sync_bn and accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     return model
 
@@ -130,7 +135,14 @@ def train_vae(model: nn.Module, train_loader, test_loader, accelerator: Accelera
 
     ``history`` has one dict per epoch: ``{"epoch", "train_nelbo", "test_nelbo", "seconds"}``.
     Only the main process logs (tqdm, TensorBoard under ``log_dir/baseline``). ``checkpointer``
-    (``resume.Checkpointer``) saves a resumable state after every epoch and on SIGINT/SIGTERM, and resumes from one."""
+    (``resume.Checkpointer``) saves a resumable state after every epoch and on SIGINT/SIGTERM, and resumes from one.
+    ``sync_bn``: with several processes, SyncBatchNorm on CUDA, running statistics averaged over ranks every epoch
+    on CPU (``wrap_model``); off, every rank normalises with its own batch share and keeps the main process's
+    running statistics (DDP broadcasts them)."""
+    n, batch = accelerator.num_processes, train_loader.batch_size
+    if batch and batch % n:
+        raise UsageError(f"--batch {batch} is the global batch, split over the processes: it must be a multiple "
+                         f"of their number ({n})")
     ckpt = checkpointer or Checkpointer(accelerator, None, "baseline")
     model = wrap_model(accelerator, model, sync_bn)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
@@ -167,7 +179,7 @@ def train_vae(model: nn.Module, train_loader, test_loader, accelerator: Accelera
                 bar.set_postfix(nelbo=f"{loss.item():.1f}")
                 if step < epoch * per_epoch:  # the epoch's last step is saved below, after its evaluation
                     ckpt.after_step(step, lambda: {"history": history, "total": total.tolist()})
-            _end_epoch(model, test_loader, accelerator, history, epoch, total, t0)
+            _end_epoch(model, test_loader, accelerator, history, epoch, total, t0, sync_bn)
             ckpt.after_step(step, lambda: {"history": history, "total": [0.0, 0.0]})
     _resume(ckpt, step)  # a state saved after the last epoch
     if log_dir is not None:
@@ -183,9 +195,11 @@ def _resume(ckpt, step: int) -> None:
         ckpt.meta["restored"] = True
 
 
-def _end_epoch(model, test_loader, accelerator, history: list, epoch: int, total: torch.Tensor, t0: float):
-    """BN statistics evened out over processes, the epoch's train/test nELBO logged and appended to ``history``."""
-    average_buffers(accelerator, model)
+def _end_epoch(model, test_loader, accelerator, history: list, epoch: int, total: torch.Tensor, t0: float,
+               sync_bn: bool = True):
+    """BN statistics evened out over processes (``sync_bn``), the epoch's train/test nELBO logged and appended."""
+    if sync_bn:
+        average_buffers(accelerator, model)
     total = accelerator.reduce(total.to(accelerator.device), reduction="sum").cpu()
     row = {"epoch": epoch, "train_nelbo": total[0].item() / total[1].item(),
            "test_nelbo": mean_nelbo(model, test_loader, accelerator), "seconds": time.perf_counter() - t0}
