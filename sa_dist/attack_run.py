@@ -188,7 +188,7 @@ def invert_figure(grids: dict, numbers: dict, target: int, path: Path):
     from .viz import _grid, _save, plt
 
     names, variants = list(numbers), ["free", "plausible"]
-    fig, axes = plt.subplots(len(variants), len(names), figsize=(3.2 * len(names), 7), squeeze=False)
+    fig, axes = plt.subplots(len(variants), len(names), figsize=(3.2 * len(names), 7.6), squeeze=False)
     for i, var in enumerate(variants):
         for j, name in enumerate(names):
             ax, r = axes[i][j], numbers[name][var]
@@ -196,5 +196,5 @@ def invert_figure(grids: dict, numbers: dict, target: int, path: Path):
             ax.set_title(f"{name}, {var}\nbest P {r['best_p']:.3f}, mean {r['mean_p']:.3f}", fontsize=9)
             ax.axis("off")
     fig.suptitle(f"condition inversion: best images for y={target}")
-    fig.tight_layout()
+    fig.tight_layout(h_pad=1.5)
     _save(fig, path)
