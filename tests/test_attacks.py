@@ -117,3 +117,40 @@ def test_attack_needs_a_finished_run_and_the_right_original(tmp_path, tiny_run, 
     assert r.returncode == 1 and "is not a finished run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = run_script("scripts/attack.py", tiny_run, "--original", tiny_baseline[1], "--models", "original")
     assert r.returncode == 1 and "is not the baseline" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("arch", ["conv", "linear"])
+def test_reset_label_changes_only_the_forgotten_labels(arch):
+    from sa_dist.models import ModelConfig, build_model
+    from sa_dist.sa import reset_label_inputs
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch, width=8 if arch == "conv" else 32)).eval()
+    reset = reset_label_inputs(model, [2, 7], seed=0).eval()
+    z, x = torch.randn(6, model.z_dim), torch.rand(6, 1, 28, 28)
+    with torch.no_grad():
+        for c in range(10):
+            lab = torch.full((6,), c)
+            same = torch.equal(model.decode(z, lab), reset.decode(z, lab)) and \
+                torch.equal(model.encode(x, lab)[0], reset.encode(x, lab)[0])
+            assert same == (c not in (2, 7)), c
+    assert torch.equal(reset_label_inputs(model, [2, 7], seed=0).dec[0].weight, reset.dec[0].weight)  # seeded
+
+
+def test_reset_label_flag_reaches_selective_amnesia(tiny_baseline, accelerator):
+    from sa_dist.cli import Parser, add_sa_args, add_train_args, config_from_args
+    from sa_dist.fisher import diag_fisher
+    from sa_dist.sa import selective_amnesia
+
+    p = Parser()
+    add_train_args(p)
+    add_sa_args(p)
+    assert config_from_args(p.parse_args(["--reset-label"])).sa.reset_label is True
+    assert config_from_args(p.parse_args([])).sa.reset_label is False
+    model, _ = tiny_baseline
+    fisher = diag_fisher(model, 200, seed=0, accelerator=accelerator)
+    kw = dict(sa_epochs=1, n_replay=256, batch=128, lr=1e-6, seed=0)
+    col = lambda m: m.dec[0].weight[:, model.z_dim + 2]  # noqa: E731  (linear: reads the label 2)
+    plain, _ = selective_amnesia(model, fisher, [2], accelerator, **kw)
+    reset, _ = selective_amnesia(model, fisher, [2], accelerator, reset_label=True, **kw)
+    assert (col(plain) - col(model)).abs().max() < 1e-4 < (col(reset) - col(model)).abs().max()
