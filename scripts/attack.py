@@ -30,8 +30,10 @@ def main():
                    help="weight per nat of negative ELBO, 'plausible' inversion (0.01)")
     p.add_argument("--probe-n", type=int, help="test images for the probe (default all)")
     p.add_argument("--seed", type=int, default=d.seed, help="seed of images, latents and starts (0)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads (1: the batches are small; 2 threads were 3-6x slower on shared cores)")
     args = p.parse_args()
-    for flag in ("relearn_steps", "relearn_samples", "restarts", "invert_steps", "probe_n"):
+    for flag in ("relearn_steps", "relearn_samples", "restarts", "invert_steps", "probe_n", "threads"):
         v = getattr(args, flag)
         if v is not None and v < 1:
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
@@ -42,8 +44,11 @@ def main():
                         relearn_samples=args.relearn_samples, invert_restarts=args.restarts,
                         invert_steps=args.invert_steps, invert_penalty=args.penalty, probe_n=args.probe_n,
                         seed=args.seed)
+    import torch
+
     from sa_dist.attack_run import run_attacks
 
+    torch.set_num_threads(args.threads)
     attacks = run_attacks(args.run_dir, kinds, acfg, tuple(args.models), args.original, args.retrain)
     if attacks is not None:
         print(json.dumps(attacks["summary"], indent=1))
