@@ -41,6 +41,7 @@ class SAConfig:
     n_fisher: int = 20000  # Fisher samples: 20k keeps Fisher + SA <= 10% of baseline training (paper: 50k)
     fisher_batch: int = 500  # samples per Fisher batch (the fastest on a 2-core CPU)
     method: str = "sa"  # sa | retrain | naive | no_ewc | no_replay | replay_only
+    reset_label: bool = False  # re-initialise the weights that read the forgotten labels before SA (README, "Verification")
 
 
 @dataclass

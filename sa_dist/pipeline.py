@@ -140,7 +140,8 @@ def unlearn_from_config(cfg: RunConfig, original, fisher: dict, accelerator, log
     return selective_amnesia(original, fisher, s.forget, accelerator, lam=s.lam, gamma=s.gamma,
                              sa_epochs=s.sa_epochs, lr=s.lr, batch=s.batch, n_replay=s.n_replay,
                              surrogate=s.surrogate, surrogate_batch=s.surrogate_batch, seed=cfg.train.seed,
-                             log_dir=log_dir, config=asdict(cfg), checkpointer=ckpt, sync_bn=cfg.sync_bn)
+                             log_dir=log_dir, config=asdict(cfg), checkpointer=ckpt, sync_bn=cfg.sync_bn,
+                             reset_label=s.reset_label)
 
 
 def write_outputs(run_dir: Path, results: dict, before, after, forget):

@@ -96,6 +96,23 @@ def ewc_penalty(model: nn.Module, fisher: dict, theta_star: dict) -> torch.Tenso
     return total
 
 
+@torch.no_grad()
+def reset_label_inputs(model: CVAE, classes: list[int], seed: int = 0) -> CVAE:
+    """A copy of ``model`` whose weights reading the one-hot inputs of ``classes`` (the encoder's and the decoder's
+    first layer) are drawn afresh from PyTorch's default init, as in a model that never saw those labels. Nothing
+    else changes, so the other labels' outputs are exactly the same."""
+    gen = torch.Generator().manual_seed(seed)
+    out = copy.deepcopy(model)
+    first = {"conv": ((out.enc[0], 1), (out.dec[0], out.z_dim)), "linear": ((out.enc[0], 784), (out.dec[0], out.z_dim))}
+    for layer, offset in first[out.cfg.arch]:
+        w = layer.weight  # Linear/Conv2d: (out, in, ...); ConvTranspose2d: (in, out, ...)
+        bound = 1 / math.sqrt(nn.init._calculate_fan_in_and_fan_out(w)[0])
+        for c in classes:
+            view = w[offset + c] if isinstance(layer, nn.ConvTranspose2d) else w[:, offset + c]
+            view.copy_((torch.rand(view.shape, generator=gen) * 2 - 1) * bound)
+    return out
+
+
 def _loader(ds, batch: int, seed: int) -> DataLoader:
     return DataLoader(ds, batch_size=batch, shuffle=True, collate_fn=_identity, drop_last=False,
                       generator=torch.Generator().manual_seed(seed))
@@ -126,7 +143,8 @@ def selective_amnesia(model: CVAE, fisher: dict, forget: list[int], accelerator,
                       batch: int = SAConfig.batch, n_replay: int = SAConfig.n_replay,
                       surrogate: str = SAConfig.surrogate, seed: int = 0, log_dir: str | Path | None = None,
                       config: dict | None = None, sync_bn: bool = True, alpha: float = 1.0,
-                      surrogate_batch: int | None = SAConfig.surrogate_batch, checkpointer=None):
+                      surrogate_batch: int | None = SAConfig.surrogate_batch, checkpointer=None,
+                      reset_label: bool = False):
     """Minimise the SA objective (module docstring) from theta* = ``model``; return (unlearned model, history).
 
     An SA epoch is one pass over the replay set of ``n_replay`` samples (default 15360 = 60 steps of 256), each
@@ -136,8 +154,13 @@ def selective_amnesia(model: CVAE, fisher: dict, forget: list[int], accelerator,
     is the very function whose Fisher was taken, and a sample's loss does not depend on the rest of its batch. ``history`` holds floats per step.
     ``alpha`` weighs the surrogate term (1 in the paper; 0 leaves replay and EWC alone, an ablation).
     ``lr`` None takes the architecture's measured default (``config.SA_LR``). ``checkpointer``
-    (``resume.Checkpointer``) saves a resumable state every SA epoch and on SIGINT/SIGTERM, and resumes from one."""
+    (``resume.Checkpointer``) saves a resumable state every SA epoch and on SIGINT/SIGTERM, and resumes from one.
+    ``reset_label``: start from
+    ``reset_label_inputs(model, forget, seed)`` (theta* too): fresh weights on the forgotten labels' inputs, which
+    slows relearning from real images (README, "Verification")."""
     lr = SA_LR[model.cfg.arch] if lr is None else lr
+    if reset_label:
+        model = reset_label_inputs(model, forget, seed)
     rank, world = accelerator.process_index, accelerator.num_processes
     frozen = plain_copy(model).to(accelerator.device).requires_grad_(False)  # p(x|theta*), never wrapped
     theta_star = {k: v.detach().float().clone() for k, v in frozen.named_parameters()}

@@ -1,0 +1,200 @@
+"""``scripts/attack.py``: the three attacks on a finished run's original, unlearned and ``retrain`` models, side by
+side, into ``DIR/results.json`` under ``attacks`` (merged, rewritten atomically by the main process) and figures
+under ``DIR/attacks/``."""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from .attacks import AttackConfig, invert, probe, relearn
+from .checkpoint import load_checkpoint
+from .config import RunConfig, load_config
+from .data import load_mnist
+from .evaluator import get_evaluator
+from .pipeline import baseline_key, get_baseline
+from .utils import UsageError, UserError, write_json
+
+KINDS = ("relearn", "invert", "probe")
+MODELS = ("original", "unlearned", "retrain")
+
+
+def load_run(run_dir: str | Path) -> tuple[RunConfig, dict]:
+    run_dir = Path(run_dir)
+    if not (run_dir / "results.json").is_file() or not (run_dir / "unlearned.safetensors").is_file():
+        raise UserError(f"{run_dir} is not a finished run (needs results.json and unlearned.safetensors "
+                        f"from scripts/unlearn.py)")
+    return load_config(run_dir / "config.yaml"), json.loads((run_dir / "results.json").read_text())
+
+
+def load_models(run_dir: Path, cfg: RunConfig, results: dict, accelerator, names=MODELS,
+                original: str | None = None, retrain: str | None = None) -> dict:
+    """``{name: (model, source)}``. The original is the baseline the run unlearned (checked by its key); a run
+    made with ``--checkpoint`` needs ``original``. ``retrain`` is trained without the forgotten classes (cached)."""
+    out = {}
+    if "original" in names:
+        if original is None and baseline_key(cfg) != results["baseline"]["key"]:
+            raise UserError(f"{run_dir} unlearned a --checkpoint baseline, not the cached one; pass it with "
+                            f"--original CKPT")
+        model, info = get_baseline(cfg, accelerator, original)
+        if info["key"] != results["baseline"]["key"]:
+            raise UserError(f"--original {original} is not the baseline {run_dir} unlearned "
+                            f"(key {info['key']}, the run's {results['baseline']['key']})")
+        out["original"] = (model, "checkpoint" if original else f"cache {info['key']}")
+    if "unlearned" in names:
+        out["unlearned"] = (load_checkpoint(run_dir / "unlearned.safetensors", expect=cfg.model)[0],
+                            "unlearned.safetensors")
+    if "retrain" in names:
+        if retrain:
+            out["retrain"] = (load_checkpoint(retrain, expect=cfg.model)[0], "checkpoint")
+        else:
+            model, info = get_baseline(cfg, accelerator, exclude=tuple(cfg.sa.forget))
+            out["retrain"] = (model, f"cache {info['key']}")
+    return {k: out[k] for k in MODELS if k in out}
+
+
+def target_images(cfg: RunConfig, target: int, k: int, seed: int) -> torch.Tensor:
+    """``k`` training images of ``target``, a seeded choice; smaller k take a prefix of larger ones."""
+    x, y = load_mnist(True, cfg.data_dir, cfg.train.limit)
+    x = x[y == target]
+    if len(x) < k:
+        raise UserError(f"relearning needs {k} training images of class {target}, the data has {len(x)}")
+    return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]]
+
+
+def run_relearn(models: dict, evaluator, cfg: RunConfig, a: AttackConfig, target: int, device) -> dict:
+    lr = a.relearn_lr or cfg.train.lr
+    out = {"settings": {"k": list(a.relearn_k), "max_steps": a.relearn_steps, "lr": lr, "optimizer": "Adam",
+                       "samples": a.relearn_samples, "threshold": a.threshold, "scored": "schedule",
+                       "stops": "at the first scored step with P >= threshold"}, "models": {}}
+    for name, (model, _) in models.items():
+        out["models"][name] = {f"k{k}": relearn(model, evaluator, target_images(cfg, target, k, a.seed), target,
+                                                steps=a.relearn_steps, lr=lr, n_samples=a.relearn_samples,
+                                                threshold=a.threshold, seed=a.seed, device=device)
+                               for k in a.relearn_k}
+    return out
+
+
+def run_invert(models: dict, evaluator, a: AttackConfig, target: int, device, out_dir: Path) -> dict:
+    variants = {"free": 0.0, "plausible": a.invert_penalty}
+    out = {"settings": {"restarts": a.invert_restarts, "steps": a.invert_steps, "lr": a.invert_lr,
+                        "optimizer": "Adam", "penalty": {k: v for k, v in variants.items()}}, "models": {}}
+    grids = {}
+    for name, (model, _) in models.items():
+        out["models"][name] = {}
+        for var, pen in variants.items():
+            out["models"][name][var], grids[(name, var)] = invert(
+                model, evaluator, target, restarts=a.invert_restarts, steps=a.invert_steps, lr=a.invert_lr,
+                penalty=pen, seed=a.seed, device=device)
+    invert_figure(grids, out["models"], target, out_dir / "invert_best.png")
+    out["grid"] = "attacks/invert_best.png"
+    return out
+
+
+def run_probe(models: dict, cfg: RunConfig, a: AttackConfig, target: int, device) -> dict:
+    x, y = load_mnist(False, cfg.data_dir, cfg.train.limit)
+    if a.probe_n:
+        x, y = x[:a.probe_n], y[:a.probe_n]
+    out = {"settings": {"folds": a.probe_folds, "classifier": "StandardScaler + LogisticRegression",
+                        "metric": "ROC AUC, target vs rest", "chance": 0.5}, "models": {}}
+    for name, (model, _) in models.items():
+        out["models"][name] = probe(model, x, y, target, folds=a.probe_folds, seed=a.seed, device=device)
+    return out
+
+
+def summary(attacks: dict) -> dict:
+    """One row per model: the headline number of each attack that was run."""
+    rows: dict = {}
+    for kind in KINDS:
+        for name, r in attacks.get(kind, {}).get("models", {}).items():
+            row = rows.setdefault(name, {})
+            if kind == "relearn":
+                row.update({f"relearn_steps_{k}": v["steps_to_threshold"] for k, v in r.items()})
+            elif kind == "invert":
+                row.update({f"invert_{v}_best_p": r[v]["best_p"] for v in r})
+                row.update({f"invert_{v}_mean_p": r[v]["mean_p"] for v in r})
+            else:
+                row.update({"probe_auc_own_label": r["own_label"]["auc"], "probe_auc_all_labels": r["all_labels"]["auc"]})
+    return {k: rows[k] for k in MODELS if k in rows}
+
+
+def merge_results(run_dir: Path, new: dict) -> dict:
+    """Re-read results.json, replace the attacks that were run, keep the others, write it back atomically."""
+    path = run_dir / "results.json"
+    results = json.loads(path.read_text())
+    attacks = {**results.get("attacks", {}), **new}
+    attacks["timing_s"] = {**results.get("attacks", {}).get("timing_s", {}), **new.get("timing_s", {})}
+    attacks["summary"] = summary(attacks)
+    results["attacks"] = attacks
+    write_json(path, results)
+    return attacks
+
+
+def run_attacks(run_dir: str | Path, kinds=KINDS, acfg: AttackConfig | None = None, names=MODELS,
+                original: str | None = None, retrain: str | None = None, accelerator=None) -> dict | None:
+    """Load the run and its models, run ``kinds`` on each, merge into results.json; returns the attacks block
+    (None off the main process)."""
+    from .train import make_accelerator
+
+    run_dir, a = Path(run_dir), acfg or AttackConfig()
+    cfg, results = load_run(run_dir)
+    target = cfg.sa.forget[0] if a.target is None else a.target
+    if target not in cfg.sa.forget:
+        raise UsageError(f"--target {target} is not a forgotten class of this run ({cfg.sa.forget})")
+    accelerator = accelerator or make_accelerator(mixed_precision="no", project_dir=str(run_dir))
+    models = load_models(run_dir, cfg, results, accelerator, names, original, retrain)
+    if not accelerator.is_main_process:
+        return None
+    device = accelerator.device
+    evaluator, _ = get_evaluator(None, cfg.data_dir, limit=cfg.train.limit, device=device)
+    new = {"target": target, "config": asdict(a), "sources": {k: v[1] for k, v in models.items()},
+           "timing_s": {}}
+    (run_dir / "attacks").mkdir(exist_ok=True)
+    for kind in kinds:
+        t0 = time.perf_counter()
+        if kind == "relearn":
+            new[kind] = run_relearn(models, evaluator, cfg, a, target, device)
+            relearn_figure(new[kind], target, run_dir / "attacks" / "relearn_curve.png")
+            new[kind]["curve_plot"] = "attacks/relearn_curve.png"
+        elif kind == "invert":
+            new[kind] = run_invert(models, evaluator, a, target, device, run_dir / "attacks")
+        else:
+            new[kind] = run_probe(models, cfg, a, target, device)
+        new["timing_s"][kind] = time.perf_counter() - t0
+    return merge_results(run_dir, new)
+
+
+def relearn_figure(block: dict, target: int, path: Path):
+    from .viz import _save, plt
+
+    ks = block["settings"]["k"]
+    fig, axes = plt.subplots(1, len(ks), figsize=(4.5 * len(ks), 3.4), squeeze=False)
+    for ax, k in zip(axes[0], ks):
+        for name, r in block["models"].items():
+            cur = r[f"k{k}"]["curve"]
+            ax.plot(cur["step"], cur["p"], marker=".", label=name)
+        ax.axhline(block["settings"]["threshold"], color="grey", ls="--", lw=1)
+        ax.set(title=f"relearning on k={k} real {target}s", xlabel="fine-tuning step",
+               ylabel=f"mean P(y={target})", ylim=(-0.02, 1.02))
+        ax.legend()
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def invert_figure(grids: dict, numbers: dict, target: int, path: Path):
+    from .viz import _grid, _save, plt
+
+    names, variants = list(numbers), ["free", "plausible"]
+    fig, axes = plt.subplots(len(variants), len(names), figsize=(3.2 * len(names), 7.6), squeeze=False)
+    for i, var in enumerate(variants):
+        for j, name in enumerate(names):
+            ax, r = axes[i][j], numbers[name][var]
+            ax.imshow(_grid(grids[(name, var)], 4), cmap="gray", vmin=0, vmax=1)
+            ax.set_title(f"{name}, {var}\nbest P {r['best_p']:.3f}, mean {r['mean_p']:.3f}", fontsize=9)
+            ax.axis("off")
+    fig.suptitle(f"condition inversion: best images for y={target}")
+    fig.tight_layout(h_pad=1.5)
+    _save(fig, path)

@@ -1,0 +1,156 @@
+"""Relearning, condition inversion and the latent probe (sa_dist.attacks) and scripts/attack.py, on tiny budgets."""
+import copy
+import json
+
+import pytest
+import torch
+
+from conftest import LIMIT, run_script
+from sa_dist.attacks import invert, p_target, probe, relearn, schedule
+from sa_dist.data import load_mnist
+from sa_dist.evaluator import get_evaluator
+
+TINY = ["--arch", "linear", "--width", "64", "--epochs", "1", "--limit", str(LIMIT), "--n-fisher", "500",
+        "--sa_epochs", "1", "--n-replay", "1024", "--eval-samples", "50"]
+TINY_ATTACK = ["--relearn-k", "5", "10", "--relearn-steps", "4", "--relearn-samples", "50", "--restarts", "4",
+               "--invert-steps", "3", "--probe-n", "500"]
+
+
+@pytest.fixture(scope="module")
+def evaluator():
+    return get_evaluator(None, limit=LIMIT)[0]
+
+
+def _twos(n):
+    x, y = load_mnist(True, limit=LIMIT)
+    return x[y == 2][:n]
+
+
+def test_schedule_is_dense_early_and_ends_at_the_budget():
+    s = schedule(500)
+    assert s[:11] == list(range(11)) and s[-1] == 500 and len(s) == len(set(s)) == sorted(s).__len__()
+    assert max(b - a for a, b in zip(s, s[1:])) == 25 and schedule(12) == list(range(11)) + [12]
+
+
+def test_relearn_stops_at_step_0_when_the_class_is_there_and_raises_p(tiny_baseline, evaluator):
+    model = copy.deepcopy(tiny_baseline[0]).eval()  # relearn fine-tunes with batch norm in eval mode
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    z = torch.randn(200, model.z_dim, generator=torch.Generator().manual_seed(0))
+    p0 = p_target(model, evaluator, z, 2)
+    r = relearn(model, evaluator, _twos(20), 2, steps=30, n_samples=200, threshold=p0, seed=0)
+    assert r["steps_to_threshold"] == 0 and r["curve"]["step"] == [0] and r["final_p"] == pytest.approx(p0, abs=1e-4)
+    r = relearn(model, evaluator, _twos(20), 2, steps=12, lr=2e-3, n_samples=200, threshold=1.01, seed=0)
+    assert r["steps_to_threshold"] is None and r["curve"]["step"] == schedule(12) and r["steps_run"] == 12
+    assert r["final_p"] > r["curve"]["p"][0] + 0.05  # fine-tuning on real 2s brings 2s back
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is untouched
+
+
+def test_inversion_ascends_and_the_penalty_keeps_images_plausible(tiny_baseline, evaluator):
+    model, _ = tiny_baseline
+    start, _ = invert(model, evaluator, 2, restarts=16, steps=0, seed=0)
+    free, imgs = invert(model, evaluator, 2, restarts=16, steps=40, seed=0, keep=8)
+    again, _ = invert(model, evaluator, 2, restarts=16, steps=40, seed=0)
+    plausible, _ = invert(model, evaluator, 2, restarts=16, steps=40, penalty=0.1, seed=0)
+    assert free == again  # same seed, same numbers
+    assert free["mean_p"] > 1.5 * start["mean_p"] and free["best_p"] > start["best_p"]  # the ascent works
+    assert plausible["mean_nelbo"] < free["mean_nelbo"]
+    assert imgs.shape == (8, 1, 28, 28) and len(free["best_label"]) == 10
+    assert set(free) == {"best_p", "mean_p", "share_over_half", "best_label", "best_z_norm", "best_nelbo",
+                         "mean_nelbo"}
+
+
+def test_probe_finds_the_class_and_is_at_chance_on_shuffled_labels(tiny_baseline):
+    model, _ = tiny_baseline
+    x, y = load_mnist(False, limit=LIMIT)
+    r = probe(model, x, y, 2, folds=3)
+    assert r["n"] == LIMIT and r["own_label"]["features"] == model.z_dim and r["all_labels"]["features"] == 80
+    assert r["own_label"]["auc"] > 0.7 and r["all_labels"]["auc"] > 0.7
+    shuffled = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]
+    r = probe(model, x, shuffled, 2, folds=3)
+    assert abs(r["own_label"]["auc"] - 0.5) < 0.1 and abs(r["all_labels"]["auc"] - 0.5) < 0.1
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("attack") / "run"
+    r = run_script("scripts/unlearn.py", *TINY, "--run-dir", run_dir)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return run_dir
+
+
+def test_attack_script_writes_all_three_side_by_side_and_merges(tiny_run):
+    before = json.loads((tiny_run / "results.json").read_text())
+    r = run_script("scripts/attack.py", tiny_run, "--kind", "all", *TINY_ATTACK)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tiny_run / "results.json").read_text())
+    assert {k: v for k, v in res.items() if k != "attacks"} == before  # the run's own results are kept
+    a = res["attacks"]
+    assert a["target"] == 2 and set(a["timing_s"]) == {"relearn", "invert", "probe"}
+    models = ["original", "unlearned", "retrain"]
+    for kind in ("relearn", "invert", "probe"):
+        assert list(a[kind]["models"]) == models
+    assert set(a["relearn"]["models"]["retrain"]) == {"k5", "k10"}
+    assert a["relearn"]["models"]["unlearned"]["k10"]["curve"]["step"][0] == 0
+    assert set(a["invert"]["models"]["original"]) == {"free", "plausible"}
+    assert list(a["summary"]) == models and "probe_auc_all_labels" in a["summary"]["retrain"]
+    for rel in (a["invert"]["grid"], a["relearn"]["curve_plot"]):
+        assert not rel.startswith("/") and (tiny_run / rel).stat().st_size > 1000
+    old_probe = a["probe"]
+    r = run_script("scripts/attack.py", tiny_run, "--kind", "invert", "--models", "unlearned", *TINY_ATTACK)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a2 = json.loads((tiny_run / "results.json").read_text())["attacks"]
+    assert a2["probe"] == old_probe and list(a2["invert"]["models"]) == ["unlearned"]  # others kept, rerun replaced
+
+
+@pytest.mark.parametrize("argv,code,match", [
+    (["--target", "5"], 2, "--target 5 is not a forgotten class"),
+    (["--kind", "fly"], 2, "invalid choice: 'fly'"),
+    (["--restarts", "0"], 2, "--restarts must be >= 1"),
+])
+def test_bad_attack_arguments_are_one_line(tiny_run, argv, code, match):
+    r = run_script("scripts/attack.py", tiny_run, *argv)
+    assert r.returncode == code and match in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_attack_needs_a_finished_run_and_the_right_original(tmp_path, tiny_run, tiny_baseline):
+    r = run_script("scripts/attack.py", tmp_path)
+    assert r.returncode == 1 and "is not a finished run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_script("scripts/attack.py", tiny_run, "--original", tiny_baseline[1], "--models", "original")
+    assert r.returncode == 1 and "is not the baseline" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("arch", ["conv", "linear"])
+def test_reset_label_changes_only_the_forgotten_labels(arch):
+    from sa_dist.models import ModelConfig, build_model
+    from sa_dist.sa import reset_label_inputs
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch, width=8 if arch == "conv" else 32)).eval()
+    reset = reset_label_inputs(model, [2, 7], seed=0).eval()
+    z, x = torch.randn(6, model.z_dim), torch.rand(6, 1, 28, 28)
+    with torch.no_grad():
+        for c in range(10):
+            lab = torch.full((6,), c)
+            same = torch.equal(model.decode(z, lab), reset.decode(z, lab)) and \
+                torch.equal(model.encode(x, lab)[0], reset.encode(x, lab)[0])
+            assert same == (c not in (2, 7)), c
+    assert torch.equal(reset_label_inputs(model, [2, 7], seed=0).dec[0].weight, reset.dec[0].weight)  # seeded
+
+
+def test_reset_label_flag_reaches_selective_amnesia(tiny_baseline, accelerator):
+    from sa_dist.cli import Parser, add_sa_args, add_train_args, config_from_args
+    from sa_dist.fisher import diag_fisher
+    from sa_dist.sa import selective_amnesia
+
+    p = Parser()
+    add_train_args(p)
+    add_sa_args(p)
+    assert config_from_args(p.parse_args(["--reset-label"])).sa.reset_label is True
+    assert config_from_args(p.parse_args([])).sa.reset_label is False
+    model, _ = tiny_baseline
+    fisher = diag_fisher(model, 200, seed=0, accelerator=accelerator)
+    kw = dict(sa_epochs=1, n_replay=256, batch=128, lr=1e-6, seed=0)
+    col = lambda m: m.dec[0].weight[:, model.z_dim + 2]  # noqa: E731  (linear: reads the label 2)
+    plain, _ = selective_amnesia(model, fisher, [2], accelerator, **kw)
+    reset, _ = selective_amnesia(model, fisher, [2], accelerator, reset_label=True, **kw)
+    assert (col(plain) - col(model)).abs().max() < 1e-4 < (col(reset) - col(model)).abs().max()
