@@ -5,7 +5,7 @@ import argparse
 import sys
 from dataclasses import replace
 
-from .config import RunConfig, load_config, validate
+from .config import METHODS, RunConfig, load_config, validate
 from .utils import UserError
 
 
@@ -58,6 +58,7 @@ def add_sa_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--surrogate", help="uniform | blank | class:K | images.npy (default uniform)")
     p.add_argument("--eval-samples", type=int, help="samples per class scored by the evaluator (default 1000)")
     p.add_argument("--checkpoint", help="unlearn this baseline .safetensors instead of training/caching one")
+    p.add_argument("--method", choices=METHODS, help="sa (default) or a baseline/ablation: " + ", ".join(METHODS[1:]))
     p.add_argument("--quick", action="store_true", help="~90 s smoke run on a CPU that already shows forgetting")
 
 
@@ -67,7 +68,7 @@ FLAG_TO_FIELD = {"arch": ("model", "arch"), "z_dim": ("model", "z_dim"), "width"
                  "lam": ("sa", "lam"), "gamma": ("sa", "gamma"), "sa_epochs": ("sa", "sa_epochs"),
                  "sa_lr": ("sa", "lr"), "n_replay": ("sa", "n_replay"),
                  "surrogate_batch": ("sa", "surrogate_batch"), "n_fisher": ("sa", "n_fisher"),
-                 "surrogate": ("sa", "surrogate"), "data_dir": (None, "data_dir"),
+                 "surrogate": ("sa", "surrogate"), "method": ("sa", "method"), "data_dir": (None, "data_dir"),
                  "mixed_precision": (None, "mixed_precision"), "eval_samples": (None, "eval_samples")}
 
 

@@ -9,11 +9,13 @@ from typing import Optional
 
 import yaml
 
+from .methods import method_names
 from .models import ARCHS, ModelConfig
 from .utils import UsageError, atomic_write_text
 
 SURROGATE_KINDS = ("uniform", "blank")  # plus "class:K" and a path to an .npy of images
 MIXED_PRECISION = ("no", "fp16", "bf16")
+METHODS = method_names()  # --method: sa, then the baselines/ablations, one module each in sa_dist/methods/
 SA_LR = {"conv": 1e-3, "linear": 5e-4}  # measured: the fastest that keep retained test nELBO within 2%
 
 
@@ -39,7 +41,7 @@ class SAConfig:
     surrogate: str = "uniform"  # q(x|c_f): uniform | blank | class:K | path/to/images.npy
     n_fisher: int = 20000  # Fisher samples: 20k keeps Fisher + SA <= 10% of baseline training (paper: 50k)
     fisher_batch: int = 500  # samples per Fisher batch (the fastest on a 2-core CPU)
-    method: str = "sa"  # only "sa" for now
+    method: str = "sa"  # sa | retrain | naive | no_ewc | no_replay | replay_only
 
 
 @dataclass
@@ -117,6 +119,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UsageError(f"--arch must be one of {', '.join(ARCHS)}, got {m.arch!r}")
     if m.z_dim < 1:
         raise UsageError(f"--z-dim must be >= 1, got {m.z_dim}")
+    if s.method not in METHODS:
+        raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {s.method!r}")
     for name, v in (("--epochs", t.epochs), ("--batch", t.batch), ("--sa_epochs", s.sa_epochs),
                     ("sa.batch", s.batch), ("--surrogate-batch", s.surrogate_batch),
                     ("sa.n_replay", s.n_replay), ("--n-fisher", s.n_fisher),

@@ -5,7 +5,7 @@
 # Use it with `export SLURM_CONF=DIR/slurm.conf`. Needs root and Debian's slurm-wlm + munge (see .ci/run).
 set -euo pipefail
 cmd=${1:?up|down}; dir=$(realpath -m "${2:?state directory}")
-host=$(hostname -s); cpus=$(nproc); mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
+host=$(hostname -s); cpus=$(nproc --all); mem=$(( $(awk '/MemTotal/ {print $2}' /proc/meminfo) / 1024 - 1024 ))
 
 stop() {
   for d in slurmd slurmctld; do
@@ -17,9 +17,16 @@ stop() {
 if [ "$cmd" = down ]; then stop; exit 0; fi
 [ "$cmd" = up ] || { echo "usage: $0 up|down DIR" >&2; exit 2; }
 mkdir -p "$dir/state" "$dir/spool"
+# Free ports of our own, so that two test clusters on one machine (parallel test runs) do not collide.
+read -r ctld_port slurmd_port < <(python3 -c 'import socket
+s = [socket.socket() for _ in range(2)]
+[x.bind(("", 0)) for x in s]
+print(*[x.getsockname()[1] for x in s])')
 cat > "$dir/slurm.conf" <<CONF
 ClusterName=sa_dist_test
 SlurmctldHost=$host
+SlurmctldPort=$ctld_port
+SlurmdPort=$slurmd_port
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
