@@ -108,6 +108,10 @@ def _f(v, spec):
     return "–" if v is None else format(v, spec)
 
 
+def _nelbo(v: float) -> str:
+    return f"{v:.2f}" if abs(v) < 1e5 else f"{v:.2g}"  # naive ascent reaches 1e18
+
+
 def markdown(rows: list[dict], summary: list[dict]) -> str:
     head = ("| method | arch | forget | λ | γ | P(y=c_f) after | H after | retained sample acc | retained test nELBO "
             "| seconds | / retrain |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -118,13 +122,13 @@ def markdown(rows: list[dict], summary: list[dict]) -> str:
             seen.add(group)
             out.append(f"| original θ* | {r['arch']} | {','.join(map(str, r['forget']))} | – | – "
                        f"| {r['forgotten_p_before']:.4f} | – | {100 * r['retained_sample_acc_before']:.2f}% "
-                       f"| {r['retained_test_nelbo_before']:.2f} | – | – |")
+                       f"| {_nelbo(r['retained_test_nelbo_before'])} | – | – |")
         ratio = _f(r["seconds_vs_retrain"], ".3f")
         if r["seconds_vs_retrain"] is not None and not r["retrain_ref_same_classes"]:
             ratio = f"≈{ratio}"
         out.append(f"| {r['method']} | {r['arch']} | {','.join(map(str, r['forget']))} | {_f(r['lam'], 'g')} "
                    f"| {_f(r['gamma'], 'g')} | {r['forgotten_p']:.4f} | {r['forgotten_entropy']:.2f} "
-                   f"| {100 * r['retained_sample_acc']:.2f}% | {r['retained_test_nelbo']:.2f} | {r['seconds']:.1f} "
+                   f"| {100 * r['retained_sample_acc']:.2f}% | {_nelbo(r['retained_test_nelbo'])} | {r['seconds']:.1f} "
                    f"| {ratio} |")
     if summary:
         out += ["", "| method | arch | λ | classes | P(y=c_f) after: mean ± std (worst) | retained acc drop, points "

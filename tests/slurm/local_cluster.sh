@@ -17,11 +17,11 @@ stop() {
 if [ "$cmd" = down ]; then stop; exit 0; fi
 [ "$cmd" = up ] || { echo "usage: $0 up|down DIR" >&2; exit 2; }
 mkdir -p "$dir/state" "$dir/spool"
-# Free ports of our own, so that two test clusters on one machine (parallel test runs) do not collide.
+# Ports of their own, so that several test sessions on one host (each with its own DIR) do not collide.
 read -r ctld_port slurmd_port < <(python3 -c 'import socket
-s = [socket.socket() for _ in range(2)]
-[x.bind(("", 0)) for x in s]
-print(*[x.getsockname()[1] for x in s])')
+ss = [socket.socket() for _ in range(2)]
+[s.bind(("", 0)) for s in ss]
+print(*(s.getsockname()[1] for s in ss))')
 cat > "$dir/slurm.conf" <<CONF
 ClusterName=sa_dist_test
 SlurmctldHost=$host
