@@ -191,7 +191,7 @@ def tradeoff_plot(rows: list[dict], path, title: str = "") -> None:
                 label="original θ*" if i == 0 else None)
     ax.set_yscale("log")
     ax.set_xlabel("retained classes: mean sample accuracy after (%)")
-    ax.set_ylabel("forgotten class: P(y=c_f) after (log)")
+    ax.set_ylabel("forgotten class: P(y=c_f) after (log; below 1e-4 drawn at 1e-4)")
     ax.set_title(title or "forgetting vs retention (better: down and right)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="best")
