@@ -6,6 +6,7 @@
 #   1. conv, forget 2, every method          -> results/compare_conv_forget2.{md,json,png}
 #   2. SA on each digit 0-9, conv and linear -> results/sa_digits_{conv,linear}.{md,json,png}, results/sa_bars.json
 #   3. lambda 0 0.1 1 10 100, conv, forget 2 -> results/lambda_conv_forget2.{md,json,png}
+#   4. digit 8 with --surrogate blank, conv and linear -> results/sa_bars_digit8_blank.json
 # results/runs/<point>.json keeps each point's results.json (the run directories stay under $OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,12 @@ sweep --forget 2 --lam 0 0.1 1 10 100
 agg lambda_conv_forget2 "$OUT"/conv-sa-forget2-lam*-gamma1 "$OUT"/conv-retrain-forget2
 sweep --forget 2 --arch linear --method retrain
 agg sa_digits_linear "$OUT"/linear-sa-forget?-lam1-gamma1 "$OUT"/linear-retrain-forget2
+# 4. digit 8 with a surrogate the evaluator does not call an 8 (it calls grey and uniform noise 8s)
+for arch in conv linear; do
+  d="$OUT/$arch-sa-forget8-blank"
+  [ -f "$d/results.json" ] || python scripts/unlearn.py --arch "$arch" --forget 8 --surrogate blank --run-dir "$d"
+done
+python benchmarks/sa_table.py "$OUT"/{conv,linear}-sa-forget8-blank > "$RES/sa_bars_digit8_blank.json"
 for d in "$OUT"/*/; do
   if [ -f "$d/results.json" ]; then cp "$d/results.json" "$RES/runs/$(basename "$d").json"; fi
 done
