@@ -9,12 +9,13 @@ from typing import Optional
 
 import yaml
 
+from .methods import method_names
 from .models import ARCHS, ModelConfig
 from .utils import UsageError, atomic_write_text
 
 SURROGATE_KINDS = ("uniform", "blank")  # plus "class:K" and a path to an .npy of images
 MIXED_PRECISION = ("no", "fp16", "bf16")
-METHODS = ("sa", "retrain", "naive", "no_ewc", "no_replay", "replay_only")  # --method: SA, then baselines/ablations
+METHODS = method_names()  # --method: sa, then the baselines/ablations, one module each in sa_dist/methods/
 SA_LR = {"conv": 1e-3, "linear": 5e-4}  # measured: the fastest that keep retained test nELBO within 2%
 
 

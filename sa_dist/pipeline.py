@@ -53,7 +53,8 @@ def new_run_dir(cfg: RunConfig, run_dir: str | None, accelerator, resume: bool =
 def _fresh_dir(cfg: RunConfig, run_dir: str | None, resume: bool = False) -> Path:
     if run_dir is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        base = Path("runs") / f"{cfg.model.arch}-forget{'_'.join(map(str, cfg.sa.forget))}-{stamp}"
+        method = "" if cfg.sa.method == "sa" else f"{cfg.sa.method}-"
+        base = Path("runs") / f"{cfg.model.arch}-{method}forget{'_'.join(map(str, cfg.sa.forget))}-{stamp}"
         path, i = base, 1
         while path.exists():
             path, i = Path(f"{base}-{i}"), i + 1
@@ -133,15 +134,17 @@ def evaluate_run(cfg: RunConfig, before, after, device) -> tuple[dict, float]:
     return out, time.perf_counter() - t0
 
 
-def unlearn_from_config(cfg: RunConfig, original, fisher: dict, accelerator, log_dir=None, ckpt=None):
-    """``selective_amnesia`` with every setting taken from ``cfg.sa`` (seeded): (unlearned model, history)."""
+def unlearn_from_config(cfg: RunConfig, original, fisher: dict, accelerator, log_dir=None, ckpt=None,
+                        alpha: float = 1.0):
+    """``selective_amnesia`` with every setting taken from ``cfg.sa`` (seeded): (unlearned model, history).
+    ``ckpt``: the ``resume.Checkpointer`` of the SA loop. ``alpha`` weighs the surrogate term (0: ``replay_only``)."""
     s = cfg.sa
     set_seed(cfg.train.seed)
     return selective_amnesia(original, fisher, s.forget, accelerator, lam=s.lam, gamma=s.gamma,
                              sa_epochs=s.sa_epochs, lr=s.lr, batch=s.batch, n_replay=s.n_replay,
                              surrogate=s.surrogate, surrogate_batch=s.surrogate_batch, seed=cfg.train.seed,
                              log_dir=log_dir, config=asdict(cfg), checkpointer=ckpt, sync_bn=cfg.sync_bn,
-                             reset_label=s.reset_label)
+                             reset_label=s.reset_label, alpha=alpha)
 
 
 def write_outputs(run_dir: Path, results: dict, before, after, forget):
@@ -167,11 +170,15 @@ def _resumed_checkpoint(run_dir, checkpoint: str | None) -> str | None:
 
 def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | None = None, accelerator=None,
                 resume: bool = False):
-    """The whole job under Accelerate; returns (results dict, run directory). Only the main process writes.
+    """The whole job under Accelerate with the method ``cfg.sa.method`` (``sa_dist.methods``); returns
+    (results dict, run directory). Only the main process writes.
     ``resume``: continue the interrupted run in ``run_dir`` (baseline training or SA from their saved states)."""
+    from .methods import Context, get_method
     from .resume import checkpointer, drop_state
 
     cfg = validate(quick_config(cfg) if cfg.quick else cfg)
+    method = get_method(cfg.sa.method)
+    cfg = method.configure(cfg)  # e.g. no_ewc: lam 0, so config.yaml and results.json say what ran
     checkpoint = _resumed_checkpoint(run_dir, checkpoint) if resume else checkpoint
     prepare_mnist(cfg.data_dir)  # bad data or checkpoint files cost one line before anything is written
     if checkpoint:
@@ -184,20 +191,25 @@ def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | No
             atomic_write_text(out_dir / "checkpoint.txt", str(Path(checkpoint).resolve()) + "\n")
     get_evaluator(accelerator, cfg.data_dir, limit=cfg.train.limit)  # trained once, before anything is timed
     original, base = get_baseline(cfg, accelerator, checkpoint, ckpt=checkpointer(accelerator, out_dir, "baseline"))
-    fisher, fisher_s, fisher_cached = get_fisher(cfg, original, base["key"], accelerator)
+    fisher, fisher_s, fisher_cached = (get_fisher(cfg, original, base["key"], accelerator) if method.needs_fisher
+                                       else (None, 0.0, None))
     t0 = time.perf_counter()
-    after, history = unlearn_from_config(cfg, original, fisher, accelerator, out_dir / "tensorboard",
-                                         checkpointer(accelerator, out_dir, "sa"))
-    unlearn_s = time.perf_counter() - t0
+    out = method.unlearn(Context(cfg, original, fisher, accelerator, out_dir / "tensorboard",
+                                 checkpointer(accelerator, out_dir, "sa")))
+    unlearn_s = time.perf_counter() - t0 if out.seconds is None else out.seconds
     results = None
     if accelerator.is_main_process:
         device = accelerator.device
-        metrics, eval_s = evaluate_run(cfg, original, after, device)
-        results = {"config": asdict(cfg), "processes": accelerator.num_processes, **metrics, "baseline": {k: base[k] for k in ("key", "cached", "history")},
-                   "sa_history": {"every": 10, "rows": history[::10] + history[-1:]},
+        metrics, eval_s = evaluate_run(cfg, original, out.model, device)
+        h = out.history
+        rows = h[::10] + (h[-1:] if (len(h) - 1) % 10 else [])  # every 10th step and the last
+        results = {"config": asdict(cfg), "method": method.name, "processes": accelerator.num_processes, **metrics,
+                   "baseline": {k: base[k] for k in ("key", "cached", "history")},
+                   ("sa_history" if out.sa_terms else "method_history"): {"every": 10, "rows": rows},
+                   "method_info": out.info,
                    "timing_s": {"baseline": base["seconds"], "fisher": fisher_s, "fisher_cached": fisher_cached,
-                                "unlearn": unlearn_s, "evaluate": eval_s}}
-        write_outputs(out_dir, results, original.cpu(), after.cpu(), cfg.sa.forget)
+                                "unlearn": unlearn_s, "unlearn_cached": out.cached, "evaluate": eval_s}}
+        write_outputs(out_dir, results, original.cpu(), out.model.cpu(), cfg.sa.forget)
         drop_state(out_dir)
     accelerator.wait_for_everyone()
     return results, out_dir

@@ -1,0 +1,198 @@
+"""Finished runs (results.json) side by side: one table per point (Markdown and JSON), an all-classes summary
+(mean +- std and the worst digit per method), and the trade-off plot (forgotten P vs retained accuracy over lambda).
+
+Seconds of a point are what its method costs on top of the shared baseline: Fisher + SA for the SA family (the
+Fisher's seconds are those it took when computed, also when it came from the cache), the training of the
+retrained model for ``retrain``, the ascent for ``naive``; evaluation is not counted.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from .config import METHODS
+from .utils import UserError, atomic_write_text, write_json
+
+
+def find_runs(paths) -> list[Path]:
+    """Run directories from ``paths``: a run directory, a folder of run directories, or a results.json."""
+    runs = []
+    for p in map(Path, paths):
+        if p.name == "results.json" and p.is_file():
+            runs.append(p.parent)
+        elif (p / "results.json").is_file():
+            runs.append(p)
+        elif p.is_dir() and any(d.is_dir() and (d / "results.json").is_file() for d in p.iterdir()):
+            runs += sorted(d for d in p.iterdir() if d.is_dir() and (d / "results.json").is_file())
+        else:
+            raise UserError(f"{p}: no results.json there or in its subfolders (not a finished run)")
+    return runs
+
+
+def _uses(method: str) -> set:
+    from .methods import get_method
+
+    m = get_method(method) if method in METHODS else None
+    return set(m.uses) | set(m.overrides) if m else {"lam", "gamma"}
+
+
+def point_row(run_dir: Path) -> dict:
+    """One point: method, arch, forget, lambda, gamma, forgotten P and entropy, retained accuracy and nELBO, seconds."""
+    try:
+        r = json.loads((Path(run_dir) / "results.json").read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise UserError(f"{run_dir}/results.json: cannot read it ({e})") from None
+    cfg, s, t = r["config"], r["summary"], r["timing_s"]
+    method = r.get("method", cfg["sa"].get("method", "sa"))
+    fc, uses = [str(c) for c in r["forget_classes"]], _uses(method)
+    b, a, sur = s["before"], s["after"], r["surrogate"]["nelbo"]
+    return {"run": Path(run_dir).name, "method": method, "arch": cfg["model"]["arch"],
+            "forget": [int(c) for c in fc],
+            "lam": cfg["sa"]["lam"] if "lam" in uses else None,
+            "gamma": cfg["sa"]["gamma"] if "gamma" in uses else None,
+            "forgotten_p": max(a["forgotten_p_class"][k] for k in fc),
+            "forgotten_p_before": max(b["forgotten_p_class"][k] for k in fc),
+            "forgotten_entropy": max(a["forgotten_entropy"][k] for k in fc),
+            "surrogate_gap_pct": 100 * (sur["after"] / sur["floor"] - 1) if sur.get("floor") else None,
+            "retained_sample_acc": a["retained_sample_acc"], "retained_sample_acc_before": b["retained_sample_acc"],
+            "retained_test_nelbo": a["retained_test_nelbo"], "retained_test_nelbo_before": b["retained_test_nelbo"],
+            "seconds": (t.get("fisher") or 0.0) + t["unlearn"],
+            "seconds_from_cache": bool(t.get("fisher_cached") or t.get("unlearn_cached")),
+            "baseline_seconds": t.get("baseline"), "method_info": r.get("method_info") or {}}
+
+
+def add_retrain_ratio(rows: list[dict]) -> None:
+    """``seconds_vs_retrain``: against ``retrain`` of the same arch and classes, else of the same arch (noted)."""
+    retrain = [r for r in rows if r["method"] == "retrain"]
+    for r in rows:
+        same = [x for x in retrain if x["arch"] == r["arch"] and x["forget"] == r["forget"]]
+        ref = same or [x for x in retrain if x["arch"] == r["arch"]]
+        r["retrain_ref"] = f"{ref[0]['arch']} forget {','.join(map(str, ref[0]['forget']))}" if ref else None
+        r["retrain_ref_same_classes"] = bool(same)
+        r["seconds_vs_retrain"] = r["seconds"] / ref[0]["seconds"] if ref and ref[0]["seconds"] else None
+
+
+def _sort_key(r: dict):
+    order = METHODS.index(r["method"]) if r["method"] in METHODS else len(METHODS)
+    return (r["arch"], r["forget"], order, r["lam"] if r["lam"] is not None else -1, r["gamma"] or 0)
+
+
+def class_summary(rows: list[dict]) -> list[dict]:
+    """Per (method, arch, lambda, gamma) over single-class points of several classes: mean +- std, worst class."""
+    groups: dict = {}
+    for r in rows:
+        if len(r["forget"]) == 1:
+            groups.setdefault((r["method"], r["arch"], r["lam"], r["gamma"]), []).append(r)
+    out = []
+    for (method, arch, lam, gamma), rs in groups.items():
+        if len({r["forget"][0] for r in rs}) < 2:
+            continue
+        stats = {}
+        for name, f in (("forgotten_p", lambda r: r["forgotten_p"]),
+                        ("retained_acc_drop_pts", lambda r: 100 * (r["retained_sample_acc_before"] - r["retained_sample_acc"])),
+                        ("retained_nelbo_rise_pct", lambda r: 100 * (r["retained_test_nelbo"] / r["retained_test_nelbo_before"] - 1)),
+                        ("seconds", lambda r: r["seconds"])):
+            vals = [f(r) for r in rs]
+            worst = max(range(len(rs)), key=lambda i: vals[i])
+            stats[name] = {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals), "max": vals[worst],
+                           "worst_class": rs[worst]["forget"][0]}
+        ratios = [r["seconds_vs_retrain"] for r in rs if r["seconds_vs_retrain"] is not None]
+        out.append({"method": method, "arch": arch, "lam": lam, "gamma": gamma,
+                    "classes": sorted(r["forget"][0] for r in rs), **stats,
+                    "seconds_vs_retrain_mean": statistics.fmean(ratios) if ratios else None})
+    return out
+
+
+def _f(v, spec):
+    return "–" if v is None else format(v, spec)
+
+
+def _nelbo(v: float) -> str:
+    return f"{v:.2f}" if abs(v) < 1e5 else f"{v:.2g}"  # naive ascent reaches 1e18
+
+
+def markdown(rows: list[dict], summary: list[dict]) -> str:
+    head = ("| method | arch | forget | λ | γ | P(y=c_f) after | H after | retained sample acc | retained test nELBO "
+            "| seconds | / retrain |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    out, seen = [head], set()
+    for r in rows:
+        group = (r["arch"], tuple(r["forget"]))
+        if group not in seen:  # the original model theta* as the reference line of each group
+            seen.add(group)
+            out.append(f"| original θ* | {r['arch']} | {','.join(map(str, r['forget']))} | – | – "
+                       f"| {r['forgotten_p_before']:.4f} | – | {100 * r['retained_sample_acc_before']:.2f}% "
+                       f"| {_nelbo(r['retained_test_nelbo_before'])} | – | – |")
+        ratio = _f(r["seconds_vs_retrain"], ".3f")
+        if r["seconds_vs_retrain"] is not None and not r["retrain_ref_same_classes"]:
+            ratio = f"≈{ratio}"
+        out.append(f"| {r['method']} | {r['arch']} | {','.join(map(str, r['forget']))} | {_f(r['lam'], 'g')} "
+                   f"| {_f(r['gamma'], 'g')} | {r['forgotten_p']:.4f} | {r['forgotten_entropy']:.2f} "
+                   f"| {100 * r['retained_sample_acc']:.2f}% | {_nelbo(r['retained_test_nelbo'])} | {r['seconds']:.1f} "
+                   f"| {ratio} |")
+    if summary:
+        out += ["", "| method | arch | λ | classes | P(y=c_f) after: mean ± std (worst) | retained acc drop, points "
+                "(worst) | retained test nELBO rise (worst) | seconds, mean | / retrain |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for s in summary:
+            p, a, n = s["forgotten_p"], s["retained_acc_drop_pts"], s["retained_nelbo_rise_pct"]
+            out.append(f"| {s['method']} | {s['arch']} | {_f(s['lam'], 'g')} | {len(s['classes'])} "
+                       f"| {p['mean']:.4f} ± {p['std']:.4f} ({p['max']:.4f}, digit {p['worst_class']}) "
+                       f"| {a['mean']:.2f} ± {a['std']:.2f} ({a['max']:.2f}, digit {a['worst_class']}) "
+                       f"| {n['mean']:.2f}% ± {n['std']:.2f} ({n['max']:.2f}%, digit {n['worst_class']}) "
+                       f"| {s['seconds']['mean']:.1f} | {_f(s['seconds_vs_retrain_mean'], '.3f')} |")
+    return "\n".join(out) + "\n"
+
+
+def aggregate(paths) -> dict:
+    """``{"points": [...], "classes": [...]}`` for the runs found under ``paths``."""
+    rows = sorted((point_row(d) for d in find_runs(paths)), key=_sort_key)
+    add_retrain_ratio(rows)
+    return {"points": rows, "classes": class_summary(rows)}
+
+
+def write_summary(paths, prefix: str | Path, title: str = "") -> str:
+    """PREFIX.md, PREFIX.json and PREFIX.png (the trade-off plot) from the runs under ``paths``; returns the Markdown."""
+    table = aggregate(paths)
+    md = markdown(table["points"], table["classes"])
+    atomic_write_text(f"{prefix}.md", md)
+    write_json(f"{prefix}.json", table)
+    tradeoff_plot(table["points"], f"{prefix}.png", title)
+    return md
+
+
+MARKERS = {"sa": "o", "retrain": "s", "naive": "X", "no_ewc": "v", "no_replay": "^", "replay_only": "D"}
+
+
+def tradeoff_plot(rows: list[dict], path, title: str = "") -> None:
+    """Forgotten P(y=c_f) (log) against retained sample accuracy: a line over lambda for each series of one
+    method/arch/classes with several lambdas, one marker for every other point, a star for the original."""
+    from .viz import _save, plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.8))
+    series: dict = {}
+    for r in rows:
+        series.setdefault((r["method"], r["arch"], tuple(r["forget"]), r["gamma"]), []).append(r)
+    originals = {}
+    for (method, arch, forget, gamma), rs in series.items():
+        label = f"{method} ({arch}, forget {','.join(map(str, forget))})"
+        pts = sorted(rs, key=lambda r: r["lam"] if r["lam"] is not None else -1)
+        xs, ys = [100 * r["retained_sample_acc"] for r in pts], [max(r["forgotten_p"], 1e-4) for r in pts]
+        line = ax.plot(xs, ys, marker=MARKERS.get(method, "o"), ls="-" if len(pts) > 1 else "none", label=label)[0]
+        if len(pts) > 1 or method == "sa":
+            for x, y, r in zip(xs, ys, pts):
+                if r["lam"] is not None:
+                    ax.annotate(f"λ={r['lam']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                                color=line.get_color())
+        for r in rs:
+            originals[(arch, forget)] = (100 * r["retained_sample_acc_before"], r["forgotten_p_before"])
+    for i, ((arch, forget), (x, y)) in enumerate(originals.items()):
+        ax.plot([x], [y], marker="*", ms=12, color="black", ls="none",
+                label="original θ*" if i == 0 else None)
+    ax.set_yscale("log")
+    ax.set_xlabel("retained classes: mean sample accuracy after (%)")
+    ax.set_ylabel("forgotten class: P(y=c_f) after (log; below 1e-4 drawn at 1e-4)")
+    ax.set_title(title or "forgetting vs retention (better: down and right)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7, loc="best")
+    _save(fig, path)

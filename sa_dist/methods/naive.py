@@ -1,0 +1,71 @@
+"""naive: gradient ascent on the real training images of the forgotten classes (maximise their negative ELBO),
+nothing else: the paper's cautionary baseline. Expected to wreck the model, so it runs on a bounded budget: as many
+steps as SA (``sa_epochs * ceil(n_replay / batch)``), batches of ``batch`` forgotten-class images, SA's lr, the
+gradient norm clipped to ``MAX_GRAD_NORM``. A non-finite loss, gradient or weight stops it; the last finite weights
+are kept and results.json's ``method_info.stopped`` says where and why."""
+import copy
+import math
+
+import torch
+
+from . import Context, Outcome
+from ..data import batch_loader, load_mnist
+from ..models import elbo
+from ..train import plain_copy, start_tracking, stop_tracking, wrap_model
+
+USES = ()
+MAX_GRAD_NORM = 1000.0
+
+
+def _forget_images(cfg):
+    x, y = load_mnist(True, cfg.data_dir, cfg.train.limit)
+    keep = torch.isin(y, torch.tensor(cfg.sa.forget))
+    return x[keep], y[keep]
+
+
+def _cycle(loader):
+    while True:
+        yield from loader
+
+
+def _all_finite(net) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in net.parameters())
+
+
+def unlearn(ctx: Context) -> Outcome:
+    cfg, acc, s = ctx.cfg, ctx.accelerator, ctx.cfg.sa
+    budget = s.sa_epochs * math.ceil(s.n_replay / s.batch)
+    x, y = _forget_images(cfg)
+    loader = batch_loader(x, y, batch=min(s.batch, len(x)), shuffle=True, seed=cfg.train.seed, drop_last=True)
+    net = wrap_model(acc, copy.deepcopy(plain_copy(ctx.original)).requires_grad_(True))
+    opt = torch.optim.Adam(net.parameters(), lr=s.lr)
+    net, opt, loader = acc.prepare(net, opt, loader)
+    inner = acc.unwrap_model(net)
+    if ctx.log_dir is not None:
+        start_tracking(acc, ctx.log_dir, "naive")
+    net.eval()  # batch norm frozen, as in SA
+    history, stopped, good = [], None, copy.deepcopy(inner.state_dict())
+    for step, (xb, cb) in zip(range(1, budget + 1), _cycle(loader)):
+        nelbo = elbo(net, xb, cb).mean()
+        opt.zero_grad(set_to_none=True)
+        acc.backward(-nelbo)  # ascent: maximise the forgotten images' negative ELBO
+        gnorm = acc.clip_grad_norm_(net.parameters(), MAX_GRAD_NORM)
+        bad = torch.tensor([float(not (math.isfinite(nelbo.item()) and math.isfinite(float(gnorm))))],
+                           device=acc.device)
+        if acc.reduce(bad, reduction="max").item():  # every rank stops at the same step
+            stopped = {"step": step, "reason": f"non-finite loss or gradient (nELBO {nelbo.item()})"}
+            break
+        opt.step()
+        if not _all_finite(inner):
+            stopped = {"step": step, "reason": "non-finite weights after the update"}
+            break
+        good = copy.deepcopy(inner.state_dict())
+        row = {"step": step, "forget_nelbo": nelbo.item(), "grad_norm": float(gnorm)}
+        history.append(row)
+        acc.log({"naive/forget_nelbo": row["forget_nelbo"], "naive/grad_norm": row["grad_norm"]}, step=step)
+    if ctx.log_dir is not None:
+        stop_tracking(acc)
+    inner.load_state_dict(good)
+    info = {"budget_steps": budget, "steps": len(history), "stopped": stopped, "max_grad_norm": MAX_GRAD_NORM,
+            "forget_images": len(x), "lr": s.lr}
+    return Outcome(plain_copy(inner), history, info=info)

@@ -1,0 +1,10 @@
+"""replay_only: SA without the surrogate term: gamma * replay + lam * EWC. An ablation: nothing asks to forget."""
+from . import Context, Outcome
+from .sa import run_sa
+
+USES = ("lam", "gamma")
+NEEDS_FISHER = True
+
+
+def unlearn(ctx: Context) -> Outcome:
+    return run_sa(ctx, ctx.fisher, alpha=0.0)
