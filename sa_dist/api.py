@@ -15,10 +15,8 @@ from .baseline import train_baseline
 from .checkpoint import save_checkpoint
 from .config import RunConfig, SAConfig, TrainConfig, validate
 from .data import load_mnist
-from .evaluate import compare
-from .evaluator import get_evaluator
 from .models import ModelConfig
-from .pipeline import unlearn_from_config
+from .pipeline import evaluate_run, unlearn_from_config
 from .train import make_accelerator
 
 
@@ -59,10 +57,8 @@ class SelectiveAmnesiaVAE:
 
     def evaluate(self, n_samples: int = 1000) -> dict:
         """results.json's ``before``/``after``/``surrogate``/``summary`` blocks for this object."""
-        evaluator, _ = get_evaluator(None, self.cfg.data_dir, limit=self.cfg.train.limit)
-        x, y = load_mnist(False, self.cfg.data_dir, self.cfg.train.limit)
-        return compare(self.original, self.unlearned, evaluator, x, y, self.cfg.sa.forget, self.cfg.sa.surrogate,
-                       n_samples, self.cfg.train.seed)
+        return evaluate_run(replace(self.cfg, eval_samples=n_samples), self.original, self.unlearned,
+                            self.accelerator.device)[0]
 
     def visualize_results(self, out_dir: str | Path = "sa_figures", latent_method: str = "pca") -> list[Path]:
         """The run's figures (samples before/after, latent space, manifold traversals, curves) saved as PNGs in

@@ -3,23 +3,20 @@ side, into ``DIR/results.json`` under ``attacks`` (merged, rewritten atomically 
 under ``DIR/attacks/``."""
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
-from .attacks import AttackConfig, invert, probe, relearn
+from .attacks import KINDS, MODELS, AttackConfig, invert, probe, relearn
 from .checkpoint import load_checkpoint
 from .config import RunConfig, load_config
 from .data import load_mnist
 from .evaluator import get_evaluator
 from .pipeline import baseline_key, get_baseline
+from .report import load_results
 from .utils import UsageError, UserError, write_json
-
-KINDS = ("relearn", "invert", "probe")
-MODELS = ("original", "unlearned", "retrain")
 
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, dict]:
@@ -27,7 +24,7 @@ def load_run(run_dir: str | Path) -> tuple[RunConfig, dict]:
     if not (run_dir / "results.json").is_file() or not (run_dir / "unlearned.safetensors").is_file():
         raise UserError(f"{run_dir} is not a finished run (needs results.json and unlearned.safetensors "
                         f"from scripts/unlearn.py)")
-    return load_config(run_dir / "config.yaml"), json.loads((run_dir / "results.json").read_text())
+    return load_config(run_dir / "config.yaml"), load_results(run_dir)
 
 
 def load_models(run_dir: Path, cfg: RunConfig, results: dict, accelerator, names=MODELS,
@@ -70,8 +67,9 @@ def run_relearn(models: dict, evaluator, cfg: RunConfig, a: AttackConfig, target
     out = {"settings": {"k": list(a.relearn_k), "max_steps": a.relearn_steps, "lr": lr, "optimizer": "Adam",
                        "samples": a.relearn_samples, "threshold": a.threshold, "scored": "schedule",
                        "stops": "at the first scored step with P >= threshold"}, "models": {}}
+    images = {k: target_images(cfg, target, k, a.seed) for k in a.relearn_k}  # the same for every model
     for name, (model, _) in models.items():
-        out["models"][name] = {f"k{k}": relearn(model, evaluator, target_images(cfg, target, k, a.seed), target,
+        out["models"][name] = {f"k{k}": relearn(model, evaluator, images[k], target,
                                                 steps=a.relearn_steps, lr=lr, n_samples=a.relearn_samples,
                                                 threshold=a.threshold, seed=a.seed, device=device)
                                for k in a.relearn_k}
@@ -81,7 +79,7 @@ def run_relearn(models: dict, evaluator, cfg: RunConfig, a: AttackConfig, target
 def run_invert(models: dict, evaluator, a: AttackConfig, target: int, device, out_dir: Path) -> dict:
     variants = {"free": 0.0, "plausible": a.invert_penalty}
     out = {"settings": {"restarts": a.invert_restarts, "steps": a.invert_steps, "lr": a.invert_lr,
-                        "optimizer": "Adam", "penalty": {k: v for k, v in variants.items()}}, "models": {}}
+                        "optimizer": "Adam", "penalty": dict(variants)}, "models": {}}
     grids = {}
     for name, (model, _) in models.items():
         out["models"][name] = {}
@@ -124,7 +122,7 @@ def summary(attacks: dict) -> dict:
 def merge_results(run_dir: Path, new: dict) -> dict:
     """Re-read results.json, replace the attacks that were run, keep the others, write it back atomically."""
     path = run_dir / "results.json"
-    results = json.loads(path.read_text())
+    results = load_results(run_dir)
     attacks = {**results.get("attacks", {}), **new}
     attacks["timing_s"] = {**results.get("attacks", {}).get("timing_s", {}), **new.get("timing_s", {})}
     attacks["summary"] = summary(attacks)

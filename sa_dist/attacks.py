@@ -14,10 +14,14 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .models import CVAE, elbo
+
+KINDS = ("relearn", "invert", "probe")  # scripts/attack.py --kind
+MODELS = ("original", "unlearned", "retrain")  # attacked side by side
 
 
 @dataclass
@@ -116,14 +120,6 @@ def invert(model: CVAE, evaluator, target: int, *, restarts: int = 64, steps: in
     return out, x[order[:keep]].cpu()
 
 
-@torch.no_grad()
-def encoder_means(model: CVAE, x: torch.Tensor, labels: torch.Tensor, batch: int = 1000, device="cpu"):
-    """Encoder means ``(N, z)`` of images ``x`` under ``labels`` (ints or vectors)."""
-    model = model.to(device).eval()
-    return torch.cat([model.encode(x[i:i + batch].to(device), labels[i:i + batch].to(device))[0].cpu()
-                      for i in range(0, len(x), batch)])
-
-
 def probe(model: CVAE, x: torch.Tensor, y: torch.Tensor, target: int, *, folds: int = 5, seed: int = 0,
           device="cpu") -> dict:
     """Cross-validated ROC AUC of a logistic regression telling ``target`` images from the rest, on encoder means
@@ -134,14 +130,17 @@ def probe(model: CVAE, x: torch.Tensor, y: torch.Tensor, target: int, *, folds: 
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from .latent import latent_means
+
     is_target = (y == target).numpy()
-    feats = {"own_label": encoder_means(model, x, y, device=device),
-             "all_labels": torch.cat([encoder_means(model, x, torch.full_like(y, k), device=device)
-                                      for k in range(model.n_classes)], 1)}
+    model = model.to(device)
+    feats = {"own_label": latent_means(model, x, y),
+             "all_labels": np.concatenate([latent_means(model, x, torch.full_like(y, k))
+                                           for k in range(model.n_classes)], 1)}
     cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
     out = {"n": len(y), "n_target": int(is_target.sum())}
     for name, f in feats.items():
         clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-        auc = cross_val_score(clf, f.double().numpy(), is_target, cv=cv, scoring="roc_auc")
+        auc = cross_val_score(clf, f.astype(np.float64), is_target, cv=cv, scoring="roc_auc")
         out[name] = {"auc": float(auc.mean()), "auc_std": float(auc.std()), "features": f.shape[1]}
     return out

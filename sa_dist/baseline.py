@@ -14,7 +14,7 @@ from .evaluate import class_metrics
 from .evaluator import get_evaluator
 from .models import build_model
 from .train import make_accelerator, train_vae
-from .utils import UserError, write_json
+from .utils import write_json
 
 
 def train_baseline(cfg: RunConfig, accelerator, log_dir: Path | None, exclude: tuple[int, ...] = (),
@@ -45,10 +45,8 @@ def run_baseline(cfg: RunConfig, run_dir: str | None = None, accelerator=None,
 
     prepare_mnist(cfg.data_dir)  # a bad data file costs one line before anything is written
     accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision)
-    out = new_run_dir(cfg, run_dir, accelerator, resume)
+    out = new_run_dir(cfg, run_dir, accelerator, resume, finished="baseline.safetensors")
     if accelerator.is_main_process:
-        if (out / "baseline.safetensors").exists():
-            raise UserError(f"--run-dir {out} already holds a baseline.safetensors; choose another")
         save_config(cfg, out / "config.yaml")
     model, history, seconds = train_baseline(cfg, accelerator, out / "tensorboard",
                                              checkpointer=checkpointer(accelerator, out, "baseline"))

@@ -32,9 +32,7 @@ def load_tensors(path: Path | str, what: str = "checkpoint") -> tuple[dict[str, 
         with open(path, "rb") as f:
             blob = f.read()
         tensors = st_load(blob)
-        from safetensors import safe_open  # metadata lives in the header
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
+        meta = read_metadata(path)
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise UserError(f"{what} {path} is not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
     version = int(meta.get("format_version", "0") or 0)

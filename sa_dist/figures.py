@@ -81,12 +81,12 @@ def redraw_run(run_dir: str | Path, baseline: str | Path | None = None) -> list[
     cached one of results.json's ``baseline.key``), and rewrite its results.json with the new ``latent`` block."""
     from .checkpoint import load_checkpoint
     from .report import load_results
-    from .utils import UserError, cache_root, write_json
+    from .pipeline import baseline_path
+    from .utils import UserError, write_json
 
     run_dir = Path(run_dir)
     results = load_results(run_dir)
-    base = Path(baseline) if baseline else \
-        cache_root() / "baselines" / str((results.get("baseline") or {}).get("key")) / "baseline.safetensors"
+    base = Path(baseline) if baseline else baseline_path(str((results.get("baseline") or {}).get("key")))
     for p in (base, run_dir / "unlearned.safetensors"):
         if not p.is_file():
             raise UserError(f"{p} not found: redrawing needs the unlearned model and its baseline (--baseline FILE)")

@@ -25,9 +25,6 @@ class ModelConfig:
         if not self.width and self.arch in ARCHS:  # conv 16: 13 s/epoch on 2 CPU cores (32: 21 s)
             self.width = {"conv": 16, "linear": 512}[self.arch]
 
-    def resolved_width(self) -> int:
-        return self.width
-
 
 def one_hot(c: torch.Tensor, n_classes: int, dtype: torch.dtype) -> torch.Tensor:
     """(B,) int labels -> (B, n) one-hot; (B, n) float vectors pass through."""
@@ -67,7 +64,7 @@ class LinearCVAE(CVAE):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        h = cfg.resolved_width()
+        h = cfg.width
         sizes = [784 + cfg.n_classes, h, h // 2, h // 4]
 
         def mlp(dims):
@@ -101,7 +98,7 @@ class ConvCVAE(CVAE):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
-        w, k = cfg.resolved_width(), cfg.n_classes
+        w, k = cfg.width, cfg.n_classes
         self.enc = nn.Sequential(
             *_block(nn.Conv2d(1 + k, w, 4, 2, 1), w),  # (B, w, 14, 14)
             *_block(nn.Conv2d(w, 2 * w, 4, 2, 1), 2 * w),  # (B, 2w, 7, 7)

@@ -35,13 +35,19 @@ def baseline_key(cfg: RunConfig, exclude: tuple[int, ...] = ()) -> str:
     return stable_hash(spec)
 
 
-def new_run_dir(cfg: RunConfig, run_dir: str | None, accelerator, resume: bool = False) -> Path:
+def baseline_path(key: str) -> Path:
+    """Where the baseline cached under ``key`` lives."""
+    return cache_root() / "baselines" / key / "baseline.safetensors"
+
+
+def new_run_dir(cfg: RunConfig, run_dir: str | None, accelerator, resume: bool = False,
+                finished: str = "results.json") -> Path:
     """The main process picks a fresh directory (never an existing run's) and tells the others.
-    ``resume``: ``run_dir`` is an interrupted run being continued."""
+    ``resume``: ``run_dir`` is an interrupted run being continued. ``finished``: the file a finished run leaves."""
     chosen = [None]
     if accelerator.is_main_process:
         try:
-            chosen = [str(_fresh_dir(cfg, run_dir, resume))]
+            chosen = [str(_fresh_dir(cfg, run_dir, resume, finished))]
         except UserError as e:
             chosen = [e]
     broadcast_object_list(chosen)  # every rank raises the same error, none waits forever
@@ -50,7 +56,7 @@ def new_run_dir(cfg: RunConfig, run_dir: str | None, accelerator, resume: bool =
     return Path(chosen[0])
 
 
-def _fresh_dir(cfg: RunConfig, run_dir: str | None, resume: bool = False) -> Path:
+def _fresh_dir(cfg: RunConfig, run_dir: str | None, resume: bool = False, finished: str = "results.json") -> Path:
     if run_dir is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         method = "" if cfg.sa.method == "sa" else f"{cfg.sa.method}-"
@@ -60,8 +66,8 @@ def _fresh_dir(cfg: RunConfig, run_dir: str | None, resume: bool = False) -> Pat
             path, i = Path(f"{base}-{i}"), i + 1
     else:
         path = Path(run_dir)
-        if (path / "results.json").exists():
-            raise UserError(f"--run-dir {path} already holds a finished run (results.json); choose another")
+        if (path / finished).exists():
+            raise UserError(f"--run-dir {path} already holds a finished run ({finished}); choose another")
         if (path / "state").exists() and not resume:
             raise UserError(f"--run-dir {path} holds an interrupted run; continue it with --resume {path} "
                             "or choose another")
@@ -84,7 +90,7 @@ def get_baseline(cfg: RunConfig, accelerator, checkpoint: str | None = None, exc
         key = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
         return model, {"key": key, "seconds": None, "cached": True, "history": None}
     key = baseline_key(cfg, exclude)
-    path = cache_root() / "baselines" / key / "baseline.safetensors"
+    path = baseline_path(key)
     if path.is_file():
         model, meta = load_checkpoint(path, expect=cfg.model)
         return model, {"key": key, "seconds": float(meta["seconds"]), "cached": True,

@@ -16,11 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import SA_LR, SAConfig
-from .data import TensorBatches, _identity
+from .data import TensorBatches, batch_loader
 from .models import CVAE, elbo
 from .resume import Checkpointer, inject
 from .train import check_finite, plain_copy, start_tracking, stop_tracking, wrap_model
@@ -113,11 +112,6 @@ def reset_label_inputs(model: CVAE, classes: list[int], seed: int = 0) -> CVAE:
     return out
 
 
-def _loader(ds, batch: int, seed: int) -> DataLoader:
-    return DataLoader(ds, batch_size=batch, shuffle=True, collate_fn=_identity, drop_last=False,
-                      generator=torch.Generator().manual_seed(seed))
-
-
 def _step_terms(model, xs, cs, xr, cr, fisher, theta_star, net, lam, gamma, alpha=1.0):
     surrogate = elbo(model, xs, cs).mean()  # -E_q ELBO on the forgotten classes
     replay = elbo(model, xr, cr).mean()  # -E_p(x|theta*) ELBO on the retained classes
@@ -167,9 +161,10 @@ def selective_amnesia(model: CVAE, fisher: dict, forget: list[int], accelerator,
     fisher = {k: v.to(accelerator.device, torch.float32) for k, v in fisher.items()}
     share, local_batch = math.ceil(n_replay / world), max(1, batch // world)
     local_sb = max(1, (surrogate_batch or batch) // world)
-    replay = _loader(replay_dataset(frozen, forget, share, seed=seed * 7919 + 2 * rank), local_batch, seed + rank)
+    replay = replay_dataset(frozen, forget, share, seed=seed * 7919 + 2 * rank)
+    replay = batch_loader(*replay.tensors, batch=local_batch, shuffle=True, seed=seed + rank)
     surr = surrogate_dataset(surrogate, len(replay) * local_sb, forget, frozen, seed=seed * 7919 + 2 * rank + 1)
-    surr = _loader(surr, local_sb, seed + rank + 10_000)  # one surrogate batch per replay batch
+    surr = batch_loader(*surr.tensors, batch=local_sb, shuffle=True, seed=seed + rank + 10_000)  # one per replay batch
     net = wrap_model(accelerator, copy.deepcopy(frozen).requires_grad_(True), sync_bn)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     net, opt = accelerator.prepare(net, opt)
@@ -191,15 +186,15 @@ def selective_amnesia(model: CVAE, fisher: dict, forget: list[int], accelerator,
                                             (t.item() for t in terms)))}
             row["surrogate_nelbo"] = inject("sa", step, rank, row["surrogate_nelbo"])
             for term in ("surrogate_nelbo", "replay_nelbo", "ewc", "loss"):
-                check_finite(row[term], step, f"SA {term}", ckpt.where_kept())
+                check_finite(row[term], step, f"SA {term}", ckpt)
             opt.zero_grad(set_to_none=True)
             accelerator.backward(terms[-1])
             opt.step()
             history.append(row)
             accelerator.log({f"sa/{k}": v for k, v in row.items() if k != "step"}, step=step)
-            bar.update(1)
             bar.set_postfix(surrogate=f"{row['surrogate_nelbo']:.1f}", replay=f"{row['replay_nelbo']:.1f}",
-                            ewc=f"{row['ewc']:.3g}")
+                            ewc=f"{row['ewc']:.3g}", refresh=False)  # drawn by update at tqdm's rate
+            bar.update(1)
             ckpt.after_step(step, lambda: {"history": history})
     if log_dir is not None:
         stop_tracking(accelerator)

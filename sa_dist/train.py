@@ -69,9 +69,10 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def check_finite(value: float, step: int, term: str, kept: str = "the last good checkpoint is kept"):
+def check_finite(value: float, step: int, term: str, ckpt: Checkpointer):
+    """A NaN/Inf ``value`` stops the run, naming the step, the term and where ``ckpt`` kept the last good state."""
     if not math.isfinite(value):
-        raise NonFiniteLoss(f"non-finite {term} ({value}) at step {step}; stopped, {kept}")
+        raise NonFiniteLoss(f"non-finite {term} ({value}) at step {step}; stopped, {ckpt.where_kept()}")
 
 
 def wrap_model(accelerator: Accelerator, model: nn.Module, sync_bn: bool = True) -> nn.Module:
@@ -169,14 +170,14 @@ def train_vae(model: nn.Module, train_loader, test_loader, accelerator: Accelera
             for x, c in batches:
                 loss = elbo(model, x, c).mean()
                 step += 1
-                check_finite(inject("baseline", step, accelerator.process_index, loss.item()), step,
-                             "baseline negative ELBO", ckpt.where_kept())
+                value = inject("baseline", step, accelerator.process_index, loss.item())  # one device sync
+                check_finite(value, step, "baseline negative ELBO", ckpt)
                 opt.zero_grad(set_to_none=True)
                 accelerator.backward(loss)
                 opt.step()
-                total += torch.tensor([loss.item() * len(x), len(x)], dtype=torch.float64)
+                total += torch.tensor([value * len(x), len(x)], dtype=torch.float64)
+                bar.set_postfix(nelbo=f"{value:.1f}", refresh=False)  # drawn by update at tqdm's rate
                 bar.update(1)
-                bar.set_postfix(nelbo=f"{loss.item():.1f}")
                 if step < epoch * per_epoch:  # the epoch's last step is saved below, after its evaluation
                     ckpt.after_step(step, lambda: {"history": history, "total": total.tolist()})
             _end_epoch(model, test_loader, accelerator, history, epoch, total, t0, sync_bn)

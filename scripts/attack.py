@@ -6,18 +6,15 @@ import json
 
 from sa_dist.cli import Parser, run_main
 
-KIND_CHOICES = ("relearn", "invert", "probe", "all")
-
-
 def main():
-    from sa_dist.attacks import AttackConfig
+    from sa_dist.attacks import KINDS, MODELS, AttackConfig
 
     d = AttackConfig()
     p = Parser(description=__doc__.splitlines()[0])
     p.add_argument("run_dir", help="a finished scripts/unlearn.py run directory")
-    p.add_argument("--kind", nargs="+", choices=KIND_CHOICES, default=["all"], help="attacks to run (default all)")
-    p.add_argument("--models", nargs="+", choices=("original", "unlearned", "retrain"),
-                   default=["original", "unlearned", "retrain"], help="models to attack (default all three)")
+    p.add_argument("--kind", nargs="+", choices=(*KINDS, "all"), default=["all"], help="attacks to run (default all)")
+    p.add_argument("--models", nargs="+", choices=MODELS,
+                   default=list(MODELS), help="models to attack (default all three)")
     p.add_argument("--original", help="the baseline the run unlearned (needed for a --checkpoint run)")
     p.add_argument("--retrain", help="a retrain checkpoint (default: the cached one, trained if missing)")
     p.add_argument("--target", type=int, help="forgotten class to attack (default: the run's first)")
@@ -39,7 +36,7 @@ def main():
             p.error(f"--{flag.replace('_', '-')} must be >= 1, got {v}")
     if min(args.relearn_k) < 1 or args.penalty < 0:
         p.error("--relearn-k must be >= 1 and --penalty >= 0")
-    kinds = ("relearn", "invert", "probe") if "all" in args.kind else tuple(dict.fromkeys(args.kind))
+    kinds = KINDS if "all" in args.kind else tuple(dict.fromkeys(args.kind))
     acfg = AttackConfig(target=args.target, relearn_k=args.relearn_k, relearn_steps=args.relearn_steps,
                         relearn_samples=args.relearn_samples, invert_restarts=args.restarts,
                         invert_steps=args.invert_steps, invert_penalty=args.penalty, probe_n=args.probe_n,

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import LIMIT, ROOT, run_script
+from conftest import ROOT, run_script
 from sa_dist.models import ModelConfig, build_model
 from sa_dist.utils import UsageError
 

@@ -59,7 +59,6 @@ class Method:
     uses: tuple = ()
     overrides: dict = field(default_factory=dict)
     needs_fisher: bool = False
-    doc: str = ""
 
     def configure(self, cfg):
         """``cfg`` with this method's fixed SAConfig values (``no_ewc``: lam 0)."""
@@ -73,4 +72,4 @@ def get_method(name: str) -> Method:
         raise UsageError(f"--method must be one of {', '.join(method_names())}, got {name!r}")
     mod = importlib.import_module(f"{__name__}.{name}")
     return Method(name, mod.unlearn, tuple(getattr(mod, "USES", ())), dict(getattr(mod, "OVERRIDES", {})),
-                  bool(getattr(mod, "NEEDS_FISHER", False)), (mod.__doc__ or "").strip().splitlines()[0])
+                  bool(getattr(mod, "NEEDS_FISHER", False)))

@@ -3,7 +3,6 @@ nothing else: the paper's cautionary baseline. Expected to wreck the model, so i
 steps as SA (``sa_epochs * ceil(n_replay / batch)``), batches of ``batch`` forgotten-class images, SA's lr, the
 gradient norm clipped to ``MAX_GRAD_NORM``. A non-finite loss, gradient or weight stops it; the last finite weights
 are kept and results.json's ``method_info.stopped`` says where and why."""
-import copy
 import math
 
 import torch
@@ -29,7 +28,7 @@ def _cycle(loader):
 
 
 def _all_finite(net) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in net.parameters())
+    return bool(torch.stack([torch.isfinite(p).all() for p in net.parameters()]).all())  # one device sync
 
 
 def unlearn(ctx: Context) -> Outcome:
@@ -37,30 +36,32 @@ def unlearn(ctx: Context) -> Outcome:
     budget = s.sa_epochs * math.ceil(s.n_replay / s.batch)
     x, y = _forget_images(cfg)
     loader = batch_loader(x, y, batch=min(s.batch, len(x)), shuffle=True, seed=cfg.train.seed, drop_last=True)
-    net = wrap_model(acc, copy.deepcopy(plain_copy(ctx.original)).requires_grad_(True))
+    net = wrap_model(acc, plain_copy(ctx.original).requires_grad_(True))
     opt = torch.optim.Adam(net.parameters(), lr=s.lr)
     net, opt, loader = acc.prepare(net, opt, loader)
     inner = acc.unwrap_model(net)
     if ctx.log_dir is not None:
         start_tracking(acc, ctx.log_dir, "naive")
     net.eval()  # batch norm frozen, as in SA
-    history, stopped, good = [], None, copy.deepcopy(inner.state_dict())
+    history, stopped = [], None
+    good = {k: v.detach().clone() for k, v in inner.state_dict().items()}  # the last finite weights
     for step, (xb, cb) in zip(range(1, budget + 1), _cycle(loader)):
         nelbo = elbo(net, xb, cb).mean()
         opt.zero_grad(set_to_none=True)
         acc.backward(-nelbo)  # ascent: maximise the forgotten images' negative ELBO
         gnorm = acc.clip_grad_norm_(net.parameters(), MAX_GRAD_NORM)
-        bad = torch.tensor([float(not (math.isfinite(nelbo.item()) and math.isfinite(float(gnorm))))],
-                           device=acc.device)
+        nl, gn = nelbo.item(), float(gnorm)
+        bad = torch.tensor([float(not (math.isfinite(nl) and math.isfinite(gn)))], device=acc.device)
         if acc.reduce(bad, reduction="max").item():  # every rank stops at the same step
-            stopped = {"step": step, "reason": f"non-finite loss or gradient (nELBO {nelbo.item()})"}
+            stopped = {"step": step, "reason": f"non-finite loss or gradient (nELBO {nl})"}
             break
         opt.step()
         if not _all_finite(inner):
             stopped = {"step": step, "reason": "non-finite weights after the update"}
             break
-        good = copy.deepcopy(inner.state_dict())
-        row = {"step": step, "forget_nelbo": nelbo.item(), "grad_norm": float(gnorm)}
+        for k, v in inner.state_dict().items():
+            good[k].copy_(v)
+        row = {"step": step, "forget_nelbo": nl, "grad_norm": gn}
         history.append(row)
         acc.log({"naive/forget_nelbo": row["forget_nelbo"], "naive/grad_norm": row["grad_norm"]}, step=step)
     if ctx.log_dir is not None:
