@@ -8,6 +8,7 @@ the number of processes or on --batch (up to float32 rounding).
 """
 import time
 
+import torch
 
 from sa_dist.cli import Parser, run_main
 from sa_dist.fisher import DEFAULT_BATCH, diag_fisher, save_fisher
@@ -25,11 +26,11 @@ def main():
     if args.n_samples < 1 or args.batch < 1 or args.seed < 0:
         raise UsageError("--n-samples and --batch must be positive, --seed non-negative")
 
+    from accelerate import Accelerator
     from sa_dist.checkpoint import load_checkpoint
-    from sa_dist.train import make_accelerator
 
     model, meta = load_checkpoint(args.checkpoint)
-    accelerator = make_accelerator()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
     t0 = time.perf_counter()
     fisher = diag_fisher(model.to(accelerator.device), args.n_samples, seed=args.seed, batch=args.batch,
                          accelerator=accelerator)
