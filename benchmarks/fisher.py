@@ -17,7 +17,7 @@ import torch
 from sa_dist.checkpoint import load_checkpoint
 from sa_dist.data import load_mnist
 from sa_dist.fisher import diag_fisher, fisher_batch, sum_sq_grads, sum_sq_grads_loop
-from sa_dist.models import ModelConfig, build_model, elbo
+from sa_dist.models import ModelConfig, build_model, negative_elbo
 
 
 def warmed_up_model(arch: str, steps: int = 30, seed: int = 0):
@@ -28,7 +28,7 @@ def warmed_up_model(arch: str, steps: int = 30, seed: int = 0):
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
     for xb, yb in zip(x.split(128), y.split(128)):
-        loss = elbo(model, xb, yb).mean()
+        loss = negative_elbo(model, xb, yb).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -45,7 +45,7 @@ def plain_pass(model, batches):
     """One ordinary batched forward+backward of sum_b nelbo_b per batch: the floor for any Fisher method."""
     for x, c, eps in batches:
         model.zero_grad(set_to_none=True)
-        elbo(model, x, c, eps).sum().backward()
+        negative_elbo(model, x, c, eps).sum().backward()
 
 
 def fast_pass(model, batches):

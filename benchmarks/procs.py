@@ -25,6 +25,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from sa_table import row  # noqa: E402
 
+from sa_dist.utils import cache_root  # noqa: E402
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -33,8 +35,6 @@ def free_port() -> int:
 
 
 def fresh_cache() -> str:
-    from sa_dist.utils import cache_root
-
     src, dst = cache_root(), Path(tempfile.mkdtemp(prefix="sa_dist_procs_"))
     for sub in ("evaluator", "mnist"):
         if (src / sub).is_dir():

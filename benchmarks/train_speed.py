@@ -10,8 +10,8 @@ import time
 import torch
 
 from sa_dist.data import loaders
-from sa_dist.models import ModelConfig, build_model, elbo
-from sa_dist.train import make_accelerator
+from sa_dist.models import ModelConfig, build_model, negative_elbo
+from sa_dist.runtime import make_accelerator
 
 
 def measure(arch: str, steps: int, accelerator) -> dict:
@@ -26,7 +26,7 @@ def measure(arch: str, steps: int, accelerator) -> dict:
         t0 = time.perf_counter()
         x, c = next(it)  # the data pipeline: one fancy index into in-memory tensors
         t1 = time.perf_counter()
-        loss = elbo(model, x, c).mean()
+        loss = negative_elbo(model, x, c).mean()
         opt.zero_grad(set_to_none=True)
         accelerator.backward(loss)
         opt.step()

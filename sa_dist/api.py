@@ -11,13 +11,16 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from .baseline import train_baseline
+from .amnesia import selective_amnesia
+from .analysis.figures import make_figures, show_figures
 from .checkpoint import save_checkpoint
 from .config import RunConfig, SAConfig, TrainConfig, validate
 from .data import load_mnist
+from .fisher import diag_fisher
 from .models import ModelConfig
-from .pipeline import evaluate_run, unlearn_from_config
-from .train import make_accelerator
+from .pipeline import evaluate_run
+from .runtime import make_accelerator
+from .train import train_baseline
 
 
 class SelectiveAmnesiaVAE:
@@ -33,7 +36,8 @@ class SelectiveAmnesiaVAE:
         self.original = self.unlearned = None
         self.history: dict[str, list] = {}
 
-    def train_baseline(self, epochs: int = 50, batch: int = 256, lr: float = 5e-4):
+    def train_baseline(self, epochs: int = TrainConfig.epochs, batch: int = TrainConfig.batch,
+                       lr: float = TrainConfig.lr):
         """Train theta* on all classes (real MNIST)."""
         self.cfg = validate(replace(self.cfg, train=replace(self.cfg.train, epochs=epochs, batch=batch, lr=lr)))
         self.original, self.history["baseline"], _ = train_baseline(self.cfg, self.accelerator, log_dir=None)
@@ -41,18 +45,17 @@ class SelectiveAmnesiaVAE:
 
     def selective_amnesia(self, epochs: int = SAConfig.sa_epochs, lambda_reg: float = SAConfig.lam,
                           gamma: float = SAConfig.gamma, lr: float | None = None, n_fisher: int = SAConfig.n_fisher,
-                          surrogate: str = SAConfig.surrogate):
-        """Fisher of theta*, then SA: surrogate on the forgotten class, replay and EWC on the rest."""
-        from .fisher import diag_fisher
-
+                          surrogate: str = SAConfig.surrogate, **settings):
+        """Fisher of theta*, then SA: surrogate on the forgotten class, replay and EWC on the rest.
+        ``settings``: any other ``SAConfig`` field by name (``n_replay=...``)."""
         if self.original is None:
             raise RuntimeError("call train_baseline() first")
         s = replace(self.cfg.sa, sa_epochs=epochs, lam=lambda_reg, gamma=gamma, lr=lr, n_fisher=n_fisher,
-                    surrogate=surrogate)
+                    surrogate=surrogate, **settings)
         self.cfg = validate(replace(self.cfg, sa=s))
-        self.fisher = diag_fisher(self.original, n_fisher, seed=self.cfg.train.seed, accelerator=self.accelerator)
-        self.unlearned, self.history["sa"] = unlearn_from_config(self.cfg, self.original, self.fisher,
-                                                                 self.accelerator)
+        self.fisher = diag_fisher(self.original, n_fisher, seed=self.cfg.train.seed, batch=s.fisher_batch,
+                                  accelerator=self.accelerator)
+        self.unlearned, self.history["sa"] = selective_amnesia(self.original, self.fisher, self.accelerator, self.cfg)
         return self
 
     def evaluate(self, n_samples: int = 1000) -> dict:
@@ -63,8 +66,6 @@ class SelectiveAmnesiaVAE:
     def visualize_results(self, out_dir: str | Path = "sa_figures", latent_method: str = "pca") -> list[Path]:
         """The run's figures (samples before/after, latent space, manifold traversals, curves) saved as PNGs in
         ``out_dir``, and shown when there is a display; ``self.latent`` gets the silhouette numbers."""
-        from .figures import make_figures, show_figures
-
         if self.unlearned is None:
             raise RuntimeError("call selective_amnesia() first")
         data = load_mnist(False, self.cfg.data_dir, self.cfg.train.limit)

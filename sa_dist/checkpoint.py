@@ -1,4 +1,5 @@
-"""safetensors checkpoints that carry what is needed to rebuild the model, written atomically."""
+"""safetensors files, written atomically: model checkpoints that carry what is needed to rebuild the model, and
+Fisher files keyed by parameter name."""
 from __future__ import annotations
 
 import json
@@ -6,7 +7,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as st_load, save as st_save
 
 from .models import ModelConfig, build_model, CVAE
@@ -45,8 +46,6 @@ def load_tensors(path: Path | str, what: str = "checkpoint") -> tuple[dict[str, 
 
 def read_metadata(path: Path | str) -> dict:
     """The string metadata of a safetensors file, without reading its tensors."""
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="pt") as f:
         return f.metadata() or {}
 
@@ -81,3 +80,29 @@ def load_checkpoint(path: Path | str, expect: ModelConfig | None = None) -> tupl
     except RuntimeError as e:
         raise UserError(f"checkpoint {path} does not fit a {cfg.arch} cVAE: {str(e).splitlines()[0][:160]}") from None
     return model.eval(), meta
+
+
+def save_fisher(path, fisher: dict[str, torch.Tensor], meta: dict) -> None:
+    """Write the Fisher as float32 safetensors, keyed by parameter name, with ``meta`` (main process only)."""
+    save_tensors(path, {k: v.float() for k, v in fisher.items()}, {"kind": "fisher", **meta})
+
+
+def load_fisher(path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Read a Fisher file for ``model`` (unwrapped): float32 tensors on its device. A file whose keys or shapes
+    differ from the model's parameters, or with non-finite values, is a one-line ``UserError``."""
+    tensors, _ = load_tensors(path, what="Fisher file")
+    params = dict(model.named_parameters())
+    problems = []
+    for label, names in (("missing", params.keys() - tensors.keys()), ("unexpected", tensors.keys() - params.keys())):
+        if names:
+            names = sorted(names)
+            problems.append(f"{len(names)} {label} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
+    shapes = [f"{n} is {tuple(tensors[n].shape)}, not {tuple(p.shape)}"
+              for n, p in params.items() if n in tensors and tensors[n].shape != p.shape]
+    problems += shapes[:3]
+    if problems:
+        raise UserError(f"Fisher file {path} does not match the model: {'; '.join(problems)}")
+    if not all(torch.isfinite(t).all() for t in tensors.values()):
+        raise UserError(f"Fisher file {path} has non-finite values")
+    device = next(model.parameters()).device
+    return {n: tensors[n].to(device, torch.float32) for n in params}

@@ -1,48 +1,49 @@
-"""Typed run configuration: dataclasses with YAML in and out, and the checks on user input."""
+"""Typed run configuration: dataclasses with YAML in and out, the checks on user input, and each field's one line
+of help. Every default lives here once: the scripts' flags, their --help and docs/flags.md are generated from these
+fields (``cli.py``), and the comment beside a default says why it is that value."""
 from __future__ import annotations
 
 import math
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Optional
 
 import yaml
 
-from .methods import method_names
 from .models import ARCHS, ModelConfig
-from .utils import UsageError, atomic_write_text
+from .surrogate import get_surrogate
+from .utils import UsageError, arg, atomic_write_text
 
-SURROGATE_KINDS = ("uniform", "blank")  # plus "class:K" and a path to an .npy of images
 MIXED_PRECISION = ("no", "fp16", "bf16")
-METHODS = method_names()  # --method: sa, then the baselines/ablations, one module each in sa_dist/methods/
 SA_LR = {"conv": 1e-3, "linear": 5e-4}  # measured: the fastest that keep retained test nELBO within 2%
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 50  # baseline passes over the 60k training images (test nELBO < 100 nats needs about 30+)
-    batch: int = 256  # global batch per step, split across processes
-    lr: float = 5e-4  # Adam learning rate of baseline training
-    seed: int = 49  # seeds weights, shuffling and noise: same seed, same numbers on CPU
-    limit: Optional[int] = None  # keep only the first N train and test images (tests and smoke runs)
+    epochs: int = arg(50, "baseline epochs")  # test nELBO < 100 nats needs about 30+ passes over the 60k images
+    batch: int = arg(256, "global batch per step, split across processes")
+    lr: float = arg(5e-4, "Adam learning rate of baseline training")
+    seed: int = arg(49, "seed of weights, shuffling and noise (same seed, same numbers on CPU)")
+    limit: Optional[int] = arg(None, "use only the first N train and test images (smoke runs)", shown="all")
 
 
 @dataclass
 class SAConfig:
-    forget: list = field(default_factory=lambda: [2])  # classes c_f to forget (one or more, not all)
-    lam: float = 1.0  # lambda of the EWC penalty; the paper's 100 keeps P(y=c_f) ~ 0.9 here (README, "Choosing lambda")
-    gamma: float = 1.0  # gamma: weight of the generative-replay term on the retained classes
-    sa_epochs: int = 10  # SA epochs; one SA epoch is one pass over the n_replay replay samples
-    lr: Optional[float] = None  # SA Adam lr; None = per arch: conv 1e-3, linear 5e-4 (README, "Choosing the defaults")
-    batch: int = 256  # replay samples per step
-    surrogate_batch: int = 128  # surrogate samples per step: half the replay batch, same forgetting, 25% cheaper
-    n_replay: int = 15360  # replay set size: 15360 / 256 = 60 steps per SA epoch, 600 steps by default
-    surrogate: str = "uniform"  # q(x|c_f): uniform | blank | class:K | path/to/images.npy
-    n_fisher: int = 20000  # Fisher samples: 20k keeps Fisher + SA <= 10% of baseline training (paper: 50k)
-    fisher_batch: int = 500  # samples per Fisher batch (the fastest on a 2-core CPU)
-    method: str = "sa"  # sa | retrain | naive | no_ewc | no_replay | replay_only
-    reset_label: bool = False  # re-initialise the weights that read the forgotten labels before SA (README, "Verification")
+    forget: list = arg(help="classes c_f to forget, e.g. --forget 2 7", factory=lambda: [2], nargs="+", type=int)
+    lam: float = arg(1.0, "lambda: weight of the EWC term")  # measured; the paper's 100 keeps P(y=c_f) high here
+    gamma: float = arg(1.0, "gamma: weight of the generative-replay term")
+    sa_epochs: int = arg(10, "SA epochs; one is a pass over the replay set", flag=("--sa-epochs", "--sa_epochs"))
+    lr: Optional[float] = arg(None, "SA Adam learning rate", flag="--sa-lr",
+                              shown=", ".join(f"{a} {v:g}" for a, v in SA_LR.items()))
+    batch: int = arg(256, "replay samples per SA step", flag="")
+    surrogate_batch: int = arg(128, "surrogate samples per SA step")  # half the replay batch: same forgetting, 25% cheaper
+    n_replay: int = arg(15360, "replay set size")  # 15360 / 256 = 60 steps per SA epoch, 600 steps by default
+    surrogate: str = arg("uniform", "q(x|c_f): uniform | blank | class:K | images.npy")
+    n_fisher: int = arg(20000, "samples the model draws for the Fisher")  # keeps Fisher + SA <= 10% of the baseline
+    fisher_batch: int = arg(500, "Fisher samples per backward", flag="")  # of 250/500/1000: fastest on 2 CPU cores
+    method: str = arg("sa", "unlearning method (sa_dist/methods/)")
+    reset_label: bool = arg(False, "re-initialise the weights that read the forgotten labels before SA")  # slows relearning, costs retained quality (docs/verification.md)
 
 
 @dataclass
@@ -50,14 +51,30 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sa: SAConfig = field(default_factory=SAConfig)
-    eval_samples: int = 1000  # generated samples per class scored by the evaluator
-    mixed_precision: str = "no"  # no | fp16 | bf16 (fp16 on GPU only), passed to Accelerate; Fisher and EWC stay float32
-    sync_bn: bool = True  # several processes: SyncBatchNorm on CUDA; on CPU, BN running stats averaged each epoch
-    data_dir: Optional[str] = None  # another copy of the four MNIST files (default: the package's own)
-    quick: bool = False  # a ~90 s smoke run that already shows forgetting
+    eval_samples: int = arg(1000, "generated samples per class scored by the evaluator")
+    mixed_precision: str = arg("no", "no | fp16 | bf16 (fp16 needs a GPU); the Fisher and EWC stay float32",
+                               shown="no, or accelerate launch's setting")
+    sync_bn: bool = arg(True, "several processes: SyncBatchNorm on CUDA, BN statistics averaged on CPU")
+    data_dir: Optional[str] = arg(None, "folder with the four MNIST files", shown="the package's copy")
+    quick: bool = arg(False, "a ~1 min smoke run on a CPU that already shows forgetting")
 
 
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "sa": SAConfig}
+QUICK = {"eval_samples": 200, "train.epochs": 2, "sa.n_fisher": 5000, "sa.sa_epochs": 3}  # --quick's settings
+
+
+def with_values(cfg: RunConfig, values: dict) -> RunConfig:
+    """``cfg`` with ``{"section.field": value, "field": value}`` applied (sections: model, train, sa)."""
+    top, sections = {}, {}
+    for key, v in values.items():
+        sec, _, name = key.rpartition(".")
+        (sections.setdefault(sec, {}) if sec else top)[name] = v
+    return replace(cfg, **top, **{sec: replace(getattr(cfg, sec), **kv) for sec, kv in sections.items()})
+
+
+def apply_quick(cfg: RunConfig) -> RunConfig:
+    """``--quick``: the smoke settings of ``QUICK``; any other config unchanged."""
+    return with_values(cfg, {"quick": True, **QUICK}) if cfg.quick else cfg
 
 
 def _check_type(where: str, value, hint):
@@ -115,7 +132,7 @@ def _positive(name: str, value, integer: bool = True):
 
 
 def validate(cfg: RunConfig) -> RunConfig:
-    """Every user-facing value checked once, with the argument's name in the message."""
+    """Every user-facing value checked once, with the argument's name in the message; the SA lr resolved."""
     m, t, s = cfg.model, cfg.train, cfg.sa
     if m.arch not in ARCHS:
         raise UsageError(f"--arch must be one of {', '.join(ARCHS)}, got {m.arch!r}")
@@ -127,12 +144,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UsageError(f"--seed must be an integer >= 0, got {t.seed}")
     if t.limit is not None and t.limit < 1:
         raise UsageError(f"--limit must be a positive integer (or unset for all images), got {t.limit}")
-    if s.method not in METHODS:
-        raise UsageError(f"--method must be one of {', '.join(METHODS)}, got {s.method!r}")
-    for name, v in (("--epochs", t.epochs), ("--batch", t.batch), ("--sa_epochs", s.sa_epochs),
+    for name, v in (("--epochs", t.epochs), ("--batch", t.batch), ("--sa-epochs", s.sa_epochs),
                     ("sa.batch", s.batch), ("--surrogate-batch", s.surrogate_batch),
-                    ("sa.n_replay", s.n_replay), ("--n-fisher", s.n_fisher),
-                    ("sa.fisher_batch", s.fisher_batch), ("eval_samples", cfg.eval_samples)):
+                    ("--n-replay", s.n_replay), ("--n-fisher", s.n_fisher),
+                    ("sa.fisher_batch", s.fisher_batch), ("--eval-samples", cfg.eval_samples)):
         _positive(name, v)
     if s.lr is None:
         s.lr = SA_LR[m.arch]
@@ -141,30 +156,18 @@ def validate(cfg: RunConfig) -> RunConfig:
     for name, v in (("--lam", s.lam), ("--gamma", s.gamma)):
         if not (math.isfinite(v) and v >= 0):
             raise UsageError(f"{name} must be a finite number >= 0, got {v}")
-    forget = s.forget
-    if not forget or any(not isinstance(c, int) or not 0 <= c < m.n_classes for c in forget):
-        raise UsageError(f"--forget takes classes in 0-{m.n_classes - 1}, got {forget}")
-    if len(set(forget)) != len(forget):
-        raise UsageError(f"--forget has a repeated class: {forget} (distinct classes in 0-{m.n_classes - 1})")
-    if len(forget) >= m.n_classes:
-        raise UsageError(f"--forget cannot take all {m.n_classes} classes: at most {m.n_classes - 1}, "
-                         "so something is retained")
+    _check_forget(s.forget, m.n_classes)
     if cfg.mixed_precision not in MIXED_PRECISION:
         raise UsageError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {cfg.mixed_precision!r}")
-    _check_surrogate(s.surrogate, forget, m.n_classes)
+    get_surrogate(s.surrogate, s.forget, m.n_classes)
     return cfg
 
 
-def _check_surrogate(kind: str, forget: list, n_classes: int) -> None:
-    """Before anything runs: the kind, K of class:K, and a user .npy's shape and range."""
-    if kind.startswith("class:"):
-        k = kind.split(":", 1)[1]
-        if not (k.isdigit() and int(k) < n_classes and int(k) not in forget):
-            raise UsageError(f"--surrogate class:K needs a retained class K in 0-{n_classes - 1} "
-                             f"(not one of --forget {forget}), got {kind!r}")
-    elif kind.endswith(".npy"):
-        from .sa import load_user_images
-
-        load_user_images(kind)
-    elif kind not in SURROGATE_KINDS:
-        raise UsageError(f"--surrogate must be uniform, blank, class:K or a path to an .npy file, got {kind!r}")
+def _check_forget(forget: list, n_classes: int) -> None:
+    if not forget or any(not isinstance(c, int) or not 0 <= c < n_classes for c in forget):
+        raise UsageError(f"--forget takes classes in 0-{n_classes - 1}, got {forget}")
+    if len(set(forget)) != len(forget):
+        raise UsageError(f"--forget has a repeated class: {forget} (distinct classes in 0-{n_classes - 1})")
+    if len(forget) >= n_classes:
+        raise UsageError(f"--forget cannot take all {n_classes} classes: at most {n_classes - 1}, so something is "
+                         "retained")

@@ -18,12 +18,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .checkpoint import load_tensors, save_tensors
-from .models import elbo
-from .utils import UserError
+from .models import negative_elbo
 
 BLOCK = 100  # samples are drawn in fixed blocks of this many, each from its own generator
-DEFAULT_BATCH = 500  # samples per backward in diag_fisher: of 250/500/1000, best or within 6% on 2 CPU cores
 _CHUNK_ELEMS = 1 << 20  # cap on the unfolded windows and per-sample gradients held at once
 
 
@@ -194,7 +191,7 @@ def _layer_grads(model: nn.Module, layers, x, c, eps) -> dict:
 
     handles = [m.register_forward_hook(keep) for _, m, _ in layers]
     try:
-        loss = elbo(model, x, c, eps).sum()
+        loss = negative_elbo(model, x, c, eps).sum()
     finally:
         for h in handles:
             h.remove()
@@ -208,7 +205,7 @@ def sum_sq_grads_loop(model: nn.Module, x, c, eps) -> dict[str, torch.Tensor]:
     out = {name: torch.zeros_like(p) for name, p in named}
     with _eval_mode(model), torch.enable_grad():
         for b in range(len(x)):
-            loss = elbo(model, x[b:b + 1], c[b:b + 1], eps[b:b + 1]).sum()
+            loss = negative_elbo(model, x[b:b + 1], c[b:b + 1], eps[b:b + 1]).sum()
             grads = torch.autograd.grad(loss, [p for _, p in named], allow_unused=True)
             for (name, _), g in zip(named, grads):
                 if g is not None:
@@ -233,8 +230,8 @@ def _all_reduce_sum(sums: dict[str, torch.Tensor], accelerator) -> dict[str, tor
     return {name: part.view_as(s) for (name, s), part in zip(sums.items(), parts)}
 
 
-def diag_fisher(model: nn.Module, n_samples: int = 50000, seed: int = 0, batch: int = DEFAULT_BATCH,
-                accelerator=None, progress: bool = True) -> dict[str, torch.Tensor]:
+def diag_fisher(model: nn.Module, n_samples: int, seed: int, batch: int, accelerator=None,
+                progress: bool = True) -> dict[str, torch.Tensor]:
     """F_i = (1/N) sum_n (d nelbo_n / d theta_i)^2 over N = ``n_samples`` samples the model draws itself.
 
     Computed in float32 on a deep copy of the (unwrapped) model, in eval mode, with autocast off, so mixed
@@ -265,29 +262,3 @@ def diag_fisher(model: nn.Module, n_samples: int = 50000, seed: int = 0, batch: 
     if world > 1:
         sums = _all_reduce_sum(sums, accelerator)
     return {name: s / n_samples for name, s in sums.items()}
-
-
-def save_fisher(path, fisher: dict[str, torch.Tensor], meta: dict) -> None:
-    """Write the Fisher as float32 safetensors, keyed by parameter name, with ``meta`` (main process only)."""
-    save_tensors(path, {k: v.float() for k, v in fisher.items()}, {"kind": "fisher", **meta})
-
-
-def load_fisher(path, model: nn.Module) -> dict[str, torch.Tensor]:
-    """Read a Fisher file for ``model`` (unwrapped): float32 tensors on its device. A file whose keys or shapes
-    differ from the model's parameters, or with non-finite values, is a one-line ``UserError``."""
-    tensors, _ = load_tensors(path, what="Fisher file")
-    params = dict(model.named_parameters())
-    problems = []
-    for label, names in (("missing", params.keys() - tensors.keys()), ("unexpected", tensors.keys() - params.keys())):
-        if names:
-            names = sorted(names)
-            problems.append(f"{len(names)} {label} ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})")
-    shapes = [f"{n} is {tuple(tensors[n].shape)}, not {tuple(p.shape)}"
-              for n, p in params.items() if n in tensors and tensors[n].shape != p.shape]
-    problems += shapes[:3]
-    if problems:
-        raise UserError(f"Fisher file {path} does not match the model: {'; '.join(problems)}")
-    if not all(torch.isfinite(t).all() for t in tensors.values()):
-        raise UserError(f"Fisher file {path} has non-finite values")
-    device = next(model.parameters()).device
-    return {n: tensors[n].to(device, torch.float32) for n in params}

@@ -1,137 +1,31 @@
-"""The main job: baseline (cached) -> Fisher (cached) -> Selective Amnesia -> evaluation -> run directory."""
+"""The jobs the scripts run, end to end. ``run_unlearn``: baseline (cached) -> Fisher (cached) -> the method
+(Selective Amnesia by default) -> evaluation -> figures, results.json and the report in a fresh run directory.
+``run_baseline``: one trained cVAE in a run directory. Only the main process writes."""
 from __future__ import annotations
 
-import hashlib
-import json
+import os
 import time
-from dataclasses import asdict, replace
-from datetime import datetime
+from dataclasses import asdict
 from pathlib import Path
 
-from accelerate.utils import broadcast_object_list, set_seed
-
-from .checkpoint import FORMAT_VERSION, load_checkpoint, read_metadata, save_checkpoint
-from .config import RunConfig, save_config, validate
-from .data import data_checksum, load_mnist, prepare_mnist
-from .evaluate import compare
-from .evaluator import get_evaluator
-from .sa import selective_amnesia
-from .train import make_accelerator
-from .utils import UserError, atomic_write_text, cache_root, stable_hash, write_json
-
-
-def quick_config(cfg: RunConfig) -> RunConfig:
-    """``--quick``: a ~90 s run on a 2-core CPU that already shows forgetting."""
-    return replace(cfg, quick=True, eval_samples=200, train=replace(cfg.train, epochs=2),
-                   sa=replace(cfg.sa, n_fisher=5000, sa_epochs=3))
-
-
-def baseline_key(cfg: RunConfig, exclude: tuple[int, ...] = ()) -> str:
-    """Cache key: model and training config, mixed precision, data checksum, checkpoint format, excluded classes."""
-    spec = {"model": asdict(cfg.model), "train": asdict(cfg.train), "mp": cfg.mixed_precision,
-            "data": data_checksum(), "format": FORMAT_VERSION}
-    if exclude:  # absent for the full baseline, so its key (and cache) is unchanged
-        spec["exclude"] = sorted(set(exclude))
-    return stable_hash(spec)
-
-
-def baseline_path(key: str) -> Path:
-    """Where the baseline cached under ``key`` lives."""
-    return cache_root() / "baselines" / key / "baseline.safetensors"
-
-
-def new_run_dir(cfg: RunConfig, run_dir: str | None, accelerator, resume: bool = False,
-                finished: str = "results.json") -> Path:
-    """The main process picks a fresh directory (never an existing run's) and tells the others.
-    ``resume``: ``run_dir`` is an interrupted run being continued. ``finished``: the file a finished run leaves."""
-    chosen = [None]
-    if accelerator.is_main_process:
-        try:
-            chosen = [str(_fresh_dir(cfg, run_dir, resume, finished))]
-        except UserError as e:
-            chosen = [e]
-    broadcast_object_list(chosen)  # every rank raises the same error, none waits forever
-    if isinstance(chosen[0], UserError):
-        raise chosen[0]
-    return Path(chosen[0])
-
-
-def _fresh_dir(cfg: RunConfig, run_dir: str | None, resume: bool = False, finished: str = "results.json") -> Path:
-    if run_dir is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        method = "" if cfg.sa.method == "sa" else f"{cfg.sa.method}-"
-        base = Path("runs") / f"{cfg.model.arch}-{method}forget{'_'.join(map(str, cfg.sa.forget))}-{stamp}"
-        path, i = base, 1
-        while path.exists():
-            path, i = Path(f"{base}-{i}"), i + 1
-    else:
-        path = Path(run_dir)
-        if (path / finished).exists():
-            raise UserError(f"--run-dir {path} already holds a finished run ({finished}); choose another")
-        if (path / "state").exists() and not resume:
-            raise UserError(f"--run-dir {path} holds an interrupted run; continue it with --resume {path} "
-                            "or choose another")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        (path / ".write-test").touch()
-        (path / ".write-test").unlink()
-    except OSError as e:
-        raise UserError(f"--run-dir {path} is not writable ({e.strerror})") from None
-    return path
-
-
-def get_baseline(cfg: RunConfig, accelerator, checkpoint: str | None = None, exclude: tuple[int, ...] = (),
-                 ckpt=None):
-    """(model, info): from ``checkpoint``, from the cache, or trained now (all processes) and cached.
-    ``exclude``: train without those classes (the ``retrain`` reference), cached under its own key.
-    ``ckpt``: the ``resume.Checkpointer`` of that training."""
-    if checkpoint:
-        model, meta = load_checkpoint(checkpoint, expect=cfg.model)
-        key = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
-        return model, {"key": key, "seconds": None, "cached": True, "history": None}
-    key = baseline_key(cfg, exclude)
-    path = baseline_path(key)
-    if path.is_file():
-        model, meta = load_checkpoint(path, expect=cfg.model)
-        return model, {"key": key, "seconds": float(meta["seconds"]), "cached": True,
-                       "history": json.loads(meta["history"])}
-    from .baseline import save_baseline, train_baseline
-
-    model, history, seconds = train_baseline(cfg, accelerator, path.parent / "tensorboard", exclude, ckpt)
-    if accelerator.is_main_process:
-        save_baseline(path, model, history, seconds, cfg)
-    accelerator.wait_for_everyone()
-    return model, {"key": key, "seconds": seconds, "cached": False, "history": history}
-
-
-def fisher_key(cfg: RunConfig, base_key: str) -> str:
-    """Cache key of the Fisher: the baseline's key (config, data, format), samples, seed, batch, format."""
-    return stable_hash({"baseline": base_key, "n": cfg.sa.n_fisher, "seed": cfg.train.seed,
-                        "batch": cfg.sa.fisher_batch, "format": FORMAT_VERSION})
-
-
-def get_fisher(cfg: RunConfig, model, base_key: str, accelerator):
-    """(fisher, seconds, cached): the diagonal Fisher of the baseline, cached by baseline, samples and seed.
-    ``seconds`` is what computing it took, also when it comes from the cache."""
-    from .fisher import diag_fisher, load_fisher, save_fisher
-
-    key = fisher_key(cfg, base_key)
-    path = cache_root() / "fisher" / f"fisher-{key}.safetensors"
-    if path.is_file():
-        return load_fisher(path, model), float(read_metadata(path).get("seconds", "nan")), True
-    t0 = time.perf_counter()
-    fisher = diag_fisher(model.to(accelerator.device), cfg.sa.n_fisher, seed=cfg.train.seed,
-                         batch=cfg.sa.fisher_batch, accelerator=accelerator)
-    seconds = time.perf_counter() - t0
-    if accelerator.is_main_process:
-        save_fisher(path, fisher, {"n_samples": cfg.sa.n_fisher, "seed": cfg.train.seed, "baseline": base_key,
-                                   "seconds": seconds})
-    accelerator.wait_for_everyone()
-    return fisher, seconds, False
+from .analysis.figures import figures_for_run
+from .analysis.report import build_report
+from .cache import baseline_path, get_baseline, get_fisher, save_baseline
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import RunConfig, apply_quick, save_config, validate
+from .data import load_mnist, prepare_mnist
+from .evaluation.evaluator import get_evaluator
+from .evaluation.metrics import class_metrics, compare
+from .methods import Context, get_method
+from .resume import checkpointer, drop_state
+from .runs import load_results, new_run_dir, resumed_checkpoint
+from .runtime import make_accelerator
+from .train import train_baseline
+from .utils import UserError, atomic_write_text, write_json
 
 
 def evaluate_run(cfg: RunConfig, before, after, device) -> tuple[dict, float]:
-    """``before``/``after`` per-class metrics and the surrogate block (main process)."""
+    """``before``/``after`` per-class metrics and the surrogate block, and the seconds they took (main process)."""
     t0 = time.perf_counter()
     evaluator, ev_info = get_evaluator(None, cfg.data_dir, limit=cfg.train.limit, device=device)
     x_test, y_test = load_mnist(False, cfg.data_dir, cfg.train.limit)
@@ -140,24 +34,8 @@ def evaluate_run(cfg: RunConfig, before, after, device) -> tuple[dict, float]:
     return out, time.perf_counter() - t0
 
 
-def unlearn_from_config(cfg: RunConfig, original, fisher: dict, accelerator, log_dir=None, ckpt=None,
-                        alpha: float = 1.0):
-    """``selective_amnesia`` with every setting taken from ``cfg.sa`` (seeded): (unlearned model, history).
-    ``ckpt``: the ``resume.Checkpointer`` of the SA loop. ``alpha`` weighs the surrogate term (0: ``replay_only``)."""
-    s = cfg.sa
-    set_seed(cfg.train.seed)
-    return selective_amnesia(original, fisher, s.forget, accelerator, lam=s.lam, gamma=s.gamma,
-                             sa_epochs=s.sa_epochs, lr=s.lr, batch=s.batch, n_replay=s.n_replay,
-                             surrogate=s.surrogate, surrogate_batch=s.surrogate_batch, seed=cfg.train.seed,
-                             log_dir=log_dir, config=asdict(cfg), checkpointer=ckpt, sync_bn=cfg.sync_bn,
-                             reset_label=s.reset_label, alpha=alpha)
-
-
 def write_outputs(run_dir: Path, results: dict, before, after, forget):
     """Checkpoint, figures (``results`` gains ``latent``), results.json, then report.html and report.md."""
-    from .figures import figures_for_run
-    from .report import build_report
-
     save_checkpoint(run_dir / "unlearned.safetensors", after, kind="unlearned",
                     extra={"forget": forget, "config": results["config"]})
     figures_for_run(run_dir, results, before, after, forget)
@@ -165,28 +43,11 @@ def write_outputs(run_dir: Path, results: dict, before, after, forget):
     build_report(run_dir)
 
 
-def _resumed_checkpoint(run_dir, checkpoint: str | None) -> str | None:
-    """The ``--checkpoint`` an interrupted run was started with (kept in ``checkpoint.txt``)."""
-    saved = Path(run_dir) / "checkpoint.txt"
-    saved = saved.read_text().strip() if saved.is_file() else None
-    if checkpoint and saved and Path(checkpoint).resolve() != Path(saved):
-        raise UserError(f"--resume {run_dir}: that run unlearns --checkpoint {saved}, not {checkpoint}")
-    return checkpoint or saved
-
-
-def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | None = None, accelerator=None,
-                resume: bool = False):
-    """The whole job under Accelerate with the method ``cfg.sa.method`` (``sa_dist.methods``); returns
-    (results dict, run directory). Only the main process writes.
-    ``resume``: continue the interrupted run in ``run_dir`` (baseline training or SA from their saved states)."""
-    from .methods import Context, get_method
-    from .resume import checkpointer, drop_state
-
-    cfg = validate(quick_config(cfg) if cfg.quick else cfg)
-    method = get_method(cfg.sa.method)
-    cfg = method.configure(cfg)  # e.g. no_ewc: lam 0, so config.yaml and results.json say what ran
-    checkpoint = _resumed_checkpoint(run_dir, checkpoint) if resume else checkpoint
-    prepare_mnist(cfg.data_dir)  # bad data or checkpoint files cost one line before anything is written
+def _start(cfg: RunConfig, run_dir, checkpoint, accelerator, resume: bool):
+    """Check the inputs (one line each, nothing written on a bad one), then make the run directory with its
+    config.yaml (and checkpoint.txt) and make sure the evaluator is cached before anything is timed."""
+    checkpoint = resumed_checkpoint(run_dir, checkpoint) if resume else checkpoint
+    prepare_mnist(cfg.data_dir)
     if checkpoint:
         load_checkpoint(checkpoint, expect=cfg.model)
     accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision)
@@ -195,7 +56,19 @@ def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | No
         save_config(cfg, out_dir / "config.yaml")
         if checkpoint:  # --resume finds it here
             atomic_write_text(out_dir / "checkpoint.txt", str(Path(checkpoint).resolve()) + "\n")
-    get_evaluator(accelerator, cfg.data_dir, limit=cfg.train.limit)  # trained once, before anything is timed
+    get_evaluator(accelerator, cfg.data_dir, limit=cfg.train.limit)
+    return checkpoint, accelerator, out_dir
+
+
+def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | None = None, accelerator=None,
+                resume: bool = False):
+    """The whole job under Accelerate with the method ``cfg.sa.method`` (``sa_dist.methods``); returns
+    (results dict, run directory); results is None off the main process.
+    ``resume``: continue the interrupted run in ``run_dir`` (baseline training or SA from their saved states)."""
+    cfg = validate(apply_quick(cfg))
+    method = get_method(cfg.sa.method)
+    cfg = method.configure(cfg)  # e.g. no_ewc: lam 0, so config.yaml and results.json say what ran
+    checkpoint, accelerator, out_dir = _start(cfg, run_dir, checkpoint, accelerator, resume)
     original, base = get_baseline(cfg, accelerator, checkpoint, ckpt=checkpointer(accelerator, out_dir, "baseline"))
     fisher, fisher_s, fisher_cached = (get_fisher(cfg, original, base["key"], accelerator) if method.needs_fisher
                                        else (None, 0.0, None))
@@ -205,8 +78,7 @@ def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | No
     unlearn_s = time.perf_counter() - t0 if out.seconds is None else out.seconds
     results = None
     if accelerator.is_main_process:
-        device = accelerator.device
-        metrics, eval_s = evaluate_run(cfg, original, out.model, device)
+        metrics, eval_s = evaluate_run(cfg, original, out.model, accelerator.device)
         h = out.history
         rows = h[::10] + (h[-1:] if (len(h) - 1) % 10 else [])  # every 10th step and the last
         results = {"config": asdict(cfg), "method": method.name, "processes": accelerator.num_processes, **metrics,
@@ -219,6 +91,86 @@ def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | No
         drop_state(out_dir)
     accelerator.wait_for_everyone()
     return results, out_dir
+
+
+def run_baseline(cfg: RunConfig, run_dir: str | None = None, accelerator=None,
+                 resume: bool = False) -> tuple[dict | None, Path]:
+    """Train, save ``baseline.safetensors``, ``config.yaml``, ``metrics.json`` (main process) and TensorBoard logs.
+    ``resume``: continue the interrupted run in ``run_dir`` from its saved state."""
+    prepare_mnist(cfg.data_dir)  # a bad data file costs one line before anything is written
+    accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision)
+    out = new_run_dir(cfg, run_dir, accelerator, resume, finished="baseline.safetensors")
+    if accelerator.is_main_process:
+        save_config(cfg, out / "config.yaml")
+    model, history, seconds = train_baseline(cfg, accelerator, out / "tensorboard",
+                                             checkpointer=checkpointer(accelerator, out, "baseline"))
+    metrics = None
+    if accelerator.is_main_process:
+        save_baseline(out / "baseline.safetensors", model, history, seconds, cfg)
+        evaluator, ev_info = get_evaluator(None, cfg.data_dir, limit=cfg.train.limit)
+        x, y = load_mnist(False, cfg.data_dir, cfg.train.limit)
+        metrics = {"config": asdict(cfg), "processes": accelerator.num_processes, "seconds": seconds,
+                   "seconds_per_epoch": seconds / cfg.train.epochs, "history": history, "evaluator": ev_info,
+                   **class_metrics(model, evaluator, x, y, cfg.eval_samples, cfg.train.seed)}
+        write_json(out / "metrics.json", metrics)
+        pc = metrics["per_class"]
+        accelerator.print(f"test nELBO {history[-1]['test_nelbo']:.2f}, mean sample_acc "
+                          f"{sum(v['sample_acc'] for v in pc.values()) / len(pc):.4f}, {seconds:.0f} s; "
+                          f"wrote {out}/baseline.safetensors")
+        drop_state(out)
+    accelerator.wait_for_everyone()
+    return metrics, out
+
+
+def prepare_cache(cfg: RunConfig, needs_fisher: bool, checkpoint: str | None = None, accelerator=None) -> dict:
+    """Fill the cache a series of runs shares: the evaluator, the baseline and (``needs_fisher``) its Fisher. Run
+    once before them (the SLURM sweep's dependency job); returns what was cached or computed."""
+    accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision)
+    get_evaluator(accelerator, cfg.data_dir, limit=cfg.train.limit)
+    model, base = get_baseline(cfg, accelerator, checkpoint)
+    out = {"baseline": base["key"], "baseline_cached": base["cached"]}
+    if needs_fisher:
+        _, seconds, cached = get_fisher(cfg, model, base["key"], accelerator)
+        out.update(fisher_seconds=seconds, fisher_cached=cached)
+    return out
+
+
+def run_many(jobs: list[tuple[RunConfig, Path]], checkpoint: str | None = None, log=print) -> list:
+    """``run_unlearn`` for every ``(config, run directory)`` whose run has not finished, one after the other in
+    this process (one accelerator, one cached baseline). A run that fails is reported and the others still run;
+    returns the (run directory, error) failures."""
+    accelerator, failures = None, []
+    for i, (cfg, run_dir) in enumerate(jobs):
+        tag = f"[{i + 1}/{len(jobs)}] {run_dir}"
+        if (Path(run_dir) / "results.json").exists():
+            log(f"{tag}: finished before, kept")
+            continue
+        accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision)
+        log(f"{tag} (load average {os.getloadavg()[0]:.2f})")
+        try:
+            t0 = time.perf_counter()
+            run_unlearn(cfg, run_dir=str(run_dir), checkpoint=checkpoint, accelerator=accelerator)
+            log(f"{tag}: done in {time.perf_counter() - t0:.0f} s wall (load average {os.getloadavg()[0]:.2f})")
+        except UserError as e:
+            log(f"{tag} failed: {e}")
+            failures.append((run_dir, str(e)))
+    return failures
+
+
+def redraw_run(run_dir: str | Path, baseline: str | Path | None = None) -> list[Path]:
+    """Redraw a finished run's figures from ``unlearned.safetensors`` and its baseline (``baseline``, else the
+    cached one of results.json's ``baseline.key``), and rewrite its results.json with the new ``latent`` block."""
+    run_dir = Path(run_dir)
+    results = load_results(run_dir)
+    base = Path(baseline) if baseline else baseline_path(str((results.get("baseline") or {}).get("key")))
+    for p in (base, run_dir / "unlearned.safetensors"):
+        if not p.is_file():
+            raise UserError(f"{p} not found: redrawing needs the unlearned model and its baseline (--baseline FILE)")
+    before, _ = load_checkpoint(base)
+    after, _ = load_checkpoint(run_dir / "unlearned.safetensors", expect=before.cfg)
+    paths = figures_for_run(run_dir, results, before, after, results["forget_classes"])
+    write_json(run_dir / "results.json", results)
+    return paths
 
 
 def report_line(results: dict, run_dir) -> str:

@@ -1,104 +1,37 @@
-"""Baseline training of a cVAE under Hugging Face Accelerate (DDP across processes, GPUs or nodes)."""
+"""Baseline training of a cVAE on real MNIST under Hugging Face Accelerate (DDP across processes, GPUs or nodes)."""
 from __future__ import annotations
 
-import math
-import os
 import time
-from datetime import timedelta
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
+from accelerate.utils import set_seed
+from torchvision.utils import make_grid
 from tqdm.auto import tqdm
 
-from .models import build_model, elbo
+from .data import loaders
+from .models import build_model, negative_elbo, plain_copy
 from .resume import Checkpointer, inject
-from .utils import UsageError, UserError
+from .runtime import average_buffers, check_finite, start_tracking, stop_tracking, tb_writer, wrap_model
+from .utils import UsageError
 
 
-class NonFiniteLoss(UserError):
-    """A NaN or Inf loss: training stops, naming the step and the term."""
+def train_baseline(cfg, accelerator: Accelerator, log_dir: Path | None, exclude: tuple[int, ...] = (),
+                   checkpointer=None) -> tuple:
+    """Train theta* of the ``RunConfig`` ``cfg`` on real MNIST: ``(plain model, per-epoch history, seconds)``.
+    ``exclude``: classes left out of the training and test data (``retrain``, exact unlearning).
+    ``checkpointer``: a ``resume.Checkpointer`` (resumable state, resume)."""
+    set_seed(cfg.train.seed)
+    keep = [c for c in range(cfg.model.n_classes) if c not in exclude] if exclude else None
+    tr, te = loaders(cfg.train.batch, cfg.train.seed, cfg.data_dir, cfg.train.limit, classes=keep)
+    t0 = time.perf_counter()
+    model, history = train_vae(build_model(cfg.model), tr, te, accelerator, cfg.train.epochs, cfg.train.lr,
+                               log_dir=log_dir, config=asdict(cfg), checkpointer=checkpointer, sync_bn=cfg.sync_bn)
+    return model, history, time.perf_counter() - t0
 
-
-def make_accelerator(cpu: bool | None = None, mixed_precision: str = "no", project_dir: str | None = None):
-    """One Accelerator per process. CPU unless CUDA is there; TensorBoard logs under ``project_dir``.
-    ``$SA_DIST_TIMEOUT`` (seconds, default 1800): a collective waiting longer on a stuck process fails the job.
-    A prepared loader's batch size is the global batch, split over the processes (``split_batches``), so a run
-    takes the same steps per epoch on any number of processes."""
-    if cpu is None:
-        cpu = not torch.cuda.is_available()
-    if cpu and mixed_precision == "fp16":  # Accelerate would silently run float32
-        raise UsageError("--mixed-precision fp16 needs a GPU; on CPU use bf16 or no")
-    project_dir = str(project_dir or Path.cwd() / "runs")
-    timeout = timedelta(seconds=float(os.environ.get("SA_DIST_TIMEOUT", 1800)))  # a stuck collective fails after it
-    return Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with="tensorboard",
-                       project_config=ProjectConfiguration(project_dir=project_dir, logging_dir=project_dir),
-                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, split_batches=True),
-                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
-
-
-def start_tracking(accelerator: Accelerator, log_dir: str | Path, name: str, config: dict | None = None):
-    """TensorBoard event files go to ``log_dir/name`` (main process only)."""
-    accelerator.project_configuration.logging_dir = str(log_dir)
-    accelerator.trackers = []
-    accelerator.init_trackers(name, config=_flat(config) if config else None)
-
-
-def stop_tracking(accelerator: Accelerator):
-    for tracker in accelerator.trackers:
-        tracker.finish()
-    accelerator.trackers = []
-
-
-def tb_writer(accelerator: Accelerator):
-    """The SummaryWriter, or None off the main process / without tracking."""
-    if not accelerator.is_main_process or not accelerator.trackers:
-        return None
-    return accelerator.get_tracker("tensorboard", unwrap=True)
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
-
-
-def check_finite(value: float, step: int, term: str, ckpt: Checkpointer):
-    """A NaN/Inf ``value`` stops the run, naming the step, the term and where ``ckpt`` kept the last good state."""
-    if not math.isfinite(value):
-        raise NonFiniteLoss(f"non-finite {term} ({value}) at step {step}; stopped, {ckpt.where_kept()}")
-
-
-def wrap_model(accelerator: Accelerator, model: nn.Module, sync_bn: bool = True) -> nn.Module:
-    """With ``sync_bn`` and several CUDA processes, batch norm becomes SyncBatchNorm (statistics over the global
-    batch). PyTorch's SyncBatchNorm refuses CPU tensors; on CPU ranks ``train_vae`` averages the running
-    statistics over ranks after every epoch instead (``average_buffers``)."""
-    if sync_bn and accelerator.num_processes > 1 and accelerator.device.type == "cuda":
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model
-
-
-@torch.no_grad()
-def average_buffers(accelerator: Accelerator, model: nn.Module) -> None:
-    """Average batch-norm running statistics over processes, so every rank ends with the same state."""
-    if accelerator.num_processes == 1:
-        return
-    for buf in accelerator.unwrap_model(model).buffers():
-        if buf.is_floating_point():
-            buf.copy_(accelerator.reduce(buf.clone(), reduction="mean"))
-
-
-def plain_copy(model: nn.Module) -> nn.Module:
-    """A fresh, unwrapped cVAE (plain BatchNorm, float32, eval mode) holding ``model``'s weights."""
-    fresh = build_model(model.cfg)
-    fresh.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in model.state_dict().items()})
-    return fresh.eval()
 
 
 @torch.no_grad()
@@ -109,7 +42,7 @@ def mean_nelbo(model: nn.Module, loader, accelerator: Accelerator, seed: int = 0
     total, count = 0.0, 0
     for x, c in loader:
         eps = torch.randn(x.shape[0], accelerator.unwrap_model(model).z_dim, generator=gen).to(x.device)
-        nelbo = accelerator.gather_for_metrics(elbo(model, x, c, eps))
+        nelbo = accelerator.gather_for_metrics(negative_elbo(model, x, c, eps))
         total, count = total + nelbo.double().sum().item(), count + nelbo.numel()
     return total / max(count, 1)
 
@@ -118,8 +51,6 @@ def _log_grid(accelerator: Accelerator, model: nn.Module, tag: str, step: int):
     writer = tb_writer(accelerator)
     if writer is None:
         return
-    from torchvision.utils import make_grid
-
     net = accelerator.unwrap_model(model)
     was_training = net.training
     net.eval()
@@ -168,7 +99,7 @@ def train_vae(model: nn.Module, train_loader, test_loader, accelerator: Accelera
             _resume(ckpt, step)
             model.train()
             for x, c in batches:
-                loss = elbo(model, x, c).mean()
+                loss = negative_elbo(model, x, c).mean()
                 step += 1
                 value = inject("baseline", step, accelerator.process_index, loss.item())  # one device sync
                 check_finite(value, step, "baseline negative ELBO", ckpt)

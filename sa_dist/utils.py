@@ -1,10 +1,11 @@
-"""Small shared pieces: the user-error type, atomic writes, the cache root, stable hashing."""
+"""Small shared pieces: the user-error types, config fields with help, atomic writes, the cache root, stable hashing."""
 from __future__ import annotations
 
 import hashlib
 import json
 import os
 import tempfile
+from dataclasses import field
 from pathlib import Path
 
 
@@ -18,6 +19,17 @@ class UsageError(UserError):
     """A bad command-line argument or config value (exit code 2, like argparse)."""
 
     exit_code = 2
+
+
+def arg(default=None, help: str = "", *, flag: str | tuple | None = None, factory=None, shown: str | None = None,
+        **argparse_kwargs):
+    """A config dataclass field with its one line of command-line help. ``flag``: the flag name(s) (default
+    ``--field-name``; "" for a field without a flag); ``shown``: the default as --help prints it (default: the
+    value); ``argparse_kwargs`` go to ``add_argument`` (``nargs``, ``type`` of list items)."""
+    meta = {"help": help, "flag": flag, "shown": shown, "argparse": argparse_kwargs}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 def cache_root() -> Path:

@@ -1,28 +1,8 @@
 """Rebuild DIR/report.html and DIR/report.md from a run directory's files (no model, no training).
 
-    python scripts/report.py runs/conv-forget2-20261126-181500
-    python scripts/report.py DIR --figures    # first redraw the figures from the run's models (a few seconds)
+The program is sa_dist/cli/report.py; it is also installed as the command sa-report.
 """
-from sa_dist.cli import Parser, run_main
-
-
-def main():
-    p = Parser(description=__doc__.splitlines()[0])
-    p.add_argument("run_dir", help="a run directory written by scripts/unlearn.py (holds results.json)")
-    p.add_argument("--figures", action="store_true",
-                   help="redraw the figures and results.json's latent block from unlearned.safetensors and the "
-                        "baseline (cached, or --baseline)")
-    p.add_argument("--baseline", help="with --figures: the original model's .safetensors (default: from the cache)")
-    args = p.parse_args()
-    from sa_dist.report import build_report
-
-    if args.figures:
-        from sa_dist.figures import redraw_run
-
-        redraw_run(args.run_dir, args.baseline)
-    html_path, md_path = build_report(args.run_dir)
-    print(f"report: {html_path}\nmarkdown: {md_path}")
-
+from sa_dist.cli.report import main
 
 if __name__ == "__main__":
-    run_main(main)
+    main()

@@ -1,22 +1,8 @@
 """Write N decoder means of one label as an (N, 28, 28) float32 .npy in [0, 1]: score a model with your own classifier.
 
-    python scripts/sample.py --checkpoint FILE --label C -n N --seed S --out FILE.npy
+The program is sa_dist/cli/sample.py; it is also installed as the command sa-sample.
 """
-from sa_dist.cli import Parser, run_main
-
-
-def main():
-    p = Parser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="a sa_dist .safetensors checkpoint")
-    p.add_argument("--label", type=int, required=True, help="class label to condition on")
-    p.add_argument("-n", type=int, default=1000, help="number of samples (default 1000)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the latent codes")
-    p.add_argument("--out", required=True, help="output .npy path")
-    args = p.parse_args()
-    from sa_dist.sampling import write_samples
-
-    print(write_samples(args.checkpoint, args.label, args.n, args.seed, args.out))
-
+from sa_dist.cli.sample import main
 
 if __name__ == "__main__":
-    run_main(main)
+    main()

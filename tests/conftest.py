@@ -1,5 +1,10 @@
-"""Every test uses a private cache (baselines, Fisher, evaluator, laid-out MNIST) and small real-MNIST subsets."""
+"""Every test uses a private cache (baselines, Fisher, evaluator, laid-out MNIST) and small real-MNIST subsets.
+
+Two lanes: ``pytest -m "not slow"`` (unit and small integration tests, for everyday work) and ``pytest`` (the full
+suite: adds the tests marked ``slow``, which start processes: the scripts end to end, 2-rank torchrun jobs, SLURM,
+Chromium and the container's command)."""
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -19,8 +24,30 @@ def run_script(*args, timeout=300, env=None):
                           timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (the rendezvous port of a multi-process test)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(*args, nproc=2, timeout=300, env=None):
+    """``torchrun --nproc_per_node NPROC ARGS`` on its own port, as a user would run it."""
+    return run_script("-m", "torch.distributed.run", "--nproc_per_node", nproc, "--master_port", free_port(),
+                      *args, timeout=timeout, env=env)
+
+
+def sa_config(**values):
+    """A validated RunConfig for a quick SA call on a small model: ``values`` as ``with_values`` keys."""
+    from sa_dist.config import RunConfig, validate, with_values
+
+    small = {"sa.sa_epochs": 2, "sa.n_replay": 2560, "sa.batch": 128, "sa.surrogate_batch": 128, "train.seed": 0,
+             "model.arch": "linear", "model.width": 128}
+    return validate(with_values(RunConfig(), {**small, **values}))
+
+
 def _accelerator():
-    from sa_dist.train import make_accelerator
+    from sa_dist.runtime import make_accelerator
 
     return make_accelerator(cpu=True, project_dir=tempfile.mkdtemp())
 

@@ -3,16 +3,17 @@ from conftest import LIMIT
 
 
 def test_public_names_import():
-    for name in ("loaders", "replay_dataset", "surrogate_dataset", "train_vae", "elbo", "diag_fisher",
-                 "selective_amnesia", "show_grid", "SelectiveAmnesiaVAE"):
+    for name in sa_dist.__all__:
         assert callable(getattr(sa_dist, name)), name
+    assert {"sa_objective", "negative_elbo", "selective_amnesia", "diag_fisher", "SelectiveAmnesiaVAE"} <= set(
+        sa_dist.__all__)
 
 
 def test_selective_amnesia_vae_end_to_end(accelerator, tmp_path):
     m = sa_dist.SelectiveAmnesiaVAE(z_dim=4, forget_class=3, arch="linear", seed=1, limit=LIMIT,
                                     accelerator=accelerator)
     m.train_baseline(epochs=2, lr=2e-3)
-    m.selective_amnesia(epochs=2, lambda_reg=1, n_fisher=500)
+    m.selective_amnesia(epochs=2, lambda_reg=1, n_fisher=500, n_replay=5120)
     res = m.evaluate(n_samples=50)
     assert set(res["summary"]["after"]["forgotten_p_class"]) == {"3"}
     gap = lambda model: (model.sample(200, 3) - 0.5).abs().mean().item()  # noqa: E731

@@ -5,10 +5,18 @@ import json
 import pytest
 import torch
 
-from conftest import LIMIT, run_script
-from sa_dist.attacks import invert, p_target, probe, relearn, schedule
+import math
+
+from conftest import LIMIT, run_script, sa_config
+from sa_dist.amnesia import reset_label_inputs, selective_amnesia
+from sa_dist.attacks.invert import invert
+from sa_dist.attacks.probe import probe
+from sa_dist.attacks.relearn import p_target, relearn, schedule
+from sa_dist.cli.flags import Parser, add_config_args, config_from_args
 from sa_dist.data import load_mnist
-from sa_dist.evaluator import get_evaluator
+from sa_dist.evaluation.evaluator import get_evaluator
+from sa_dist.fisher import diag_fisher
+from sa_dist.models import ModelConfig, build_model
 
 TINY = ["--arch", "linear", "--width", "64", "--epochs", "1", "--limit", str(LIMIT), "--n-fisher", "500",
         "--sa_epochs", "1", "--n-replay", "1024", "--eval-samples", "50"]
@@ -78,6 +86,7 @@ def tiny_run(tmp_path_factory):
     return run_dir
 
 
+@pytest.mark.slow
 def test_attack_script_writes_all_three_side_by_side_and_merges(tiny_run):
     before = json.loads((tiny_run / "results.json").read_text())
     r = run_script("scripts/attack.py", tiny_run, "--kind", "all", *TINY_ATTACK)
@@ -107,11 +116,13 @@ def test_attack_script_writes_all_three_side_by_side_and_merges(tiny_run):
     (["--kind", "fly"], 2, "invalid choice: 'fly'"),
     (["--restarts", "0"], 2, "--restarts must be >= 1"),
 ])
+@pytest.mark.slow
 def test_bad_attack_arguments_are_one_line(tiny_run, argv, code, match):
     r = run_script("scripts/attack.py", tiny_run, *argv)
     assert r.returncode == code and match in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_attack_needs_a_finished_run_and_the_right_original(tmp_path, tiny_run, tiny_baseline):
     r = run_script("scripts/attack.py", tmp_path)
     assert r.returncode == 1 and "is not a finished run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -121,9 +132,6 @@ def test_attack_needs_a_finished_run_and_the_right_original(tmp_path, tiny_run, 
 
 @pytest.mark.parametrize("arch", ["conv", "linear"])
 def test_reset_label_changes_only_the_forgotten_labels(arch):
-    from sa_dist.models import ModelConfig, build_model
-    from sa_dist.sa import reset_label_inputs
-
     torch.manual_seed(0)
     model = build_model(ModelConfig(arch=arch, width=8 if arch == "conv" else 32)).eval()
     reset = reset_label_inputs(model, [2, 7], seed=0).eval()
@@ -134,23 +142,23 @@ def test_reset_label_changes_only_the_forgotten_labels(arch):
             same = torch.equal(model.decode(z, lab), reset.decode(z, lab)) and \
                 torch.equal(model.encode(x, lab)[0], reset.encode(x, lab)[0])
             assert same == (c not in (2, 7)), c
-    assert torch.equal(reset_label_inputs(model, [2, 7], seed=0).dec[0].weight, reset.dec[0].weight)  # seeded
+    w, w0 = reset.dec[0].weight, model.dec[0].weight  # linear: (out, z + 10); ConvTranspose2d: (z + 10, out, 1, 1)
+    fresh = [w[:, model.z_dim + c] if arch == "linear" else w[model.z_dim + c] for c in (2, 7)]
+    bound = 1 / math.sqrt(torch.nn.init._calculate_fan_in_and_fan_out(w0)[0])  # PyTorch's default init range
+    assert all(f.abs().max() <= bound for f in fresh)
+    other = reset_label_inputs(model, [2, 7], seed=1).dec[0].weight
+    assert not torch.equal(other, w)  # the seed draws the fresh weights
 
 
 def test_reset_label_flag_reaches_selective_amnesia(tiny_baseline, accelerator):
-    from sa_dist.cli import Parser, add_sa_args, add_train_args, config_from_args
-    from sa_dist.fisher import diag_fisher
-    from sa_dist.sa import selective_amnesia
-
     p = Parser()
-    add_train_args(p)
-    add_sa_args(p)
+    add_config_args(p)
     assert config_from_args(p.parse_args(["--reset-label"])).sa.reset_label is True
     assert config_from_args(p.parse_args([])).sa.reset_label is False
     model, _ = tiny_baseline
-    fisher = diag_fisher(model, 200, seed=0, accelerator=accelerator)
-    kw = dict(sa_epochs=1, n_replay=256, batch=128, lr=1e-6, seed=0)
+    fisher = diag_fisher(model, 200, seed=0, batch=200, accelerator=accelerator)
+    kw = {"sa.sa_epochs": 1, "sa.n_replay": 256, "sa.lr": 1e-6}
     col = lambda m: m.dec[0].weight[:, model.z_dim + 2]  # noqa: E731  (linear: reads the label 2)
-    plain, _ = selective_amnesia(model, fisher, [2], accelerator, **kw)
-    reset, _ = selective_amnesia(model, fisher, [2], accelerator, reset_label=True, **kw)
+    plain, _ = selective_amnesia(model, fisher, accelerator, sa_config(**kw))
+    reset, _ = selective_amnesia(model, fisher, accelerator, sa_config(**kw, **{"sa.reset_label": True}))
     assert (col(plain) - col(model)).abs().max() < 1e-4 < (col(reset) - col(model)).abs().max()

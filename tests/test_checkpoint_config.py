@@ -1,12 +1,15 @@
+import os
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
 
 from sa_dist.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint, save_tensors
-from sa_dist.cli import Parser, add_sa_args, add_train_args, config_from_args
+from sa_dist.cli.flags import Parser, add_config_args, add_run_args, config_from_args
 from sa_dist.config import RunConfig, load_config, save_config
 from sa_dist.models import ModelConfig, build_model
-from sa_dist.utils import UsageError, UserError
+from sa_dist.utils import UsageError, UserError, atomic_write_text
 
 
 def test_checkpoint_round_trip_rebuilds_the_model(tmp_path):
@@ -38,7 +41,6 @@ def test_bad_checkpoints_are_one_line_errors(tmp_path):
 
 
 def test_yaml_round_trip_and_shipped_configs(tmp_path):
-    from pathlib import Path
     cfg = RunConfig()
     save_config(cfg, tmp_path / "c.yaml")
     assert load_config(tmp_path / "c.yaml") == cfg
@@ -58,8 +60,8 @@ def test_bad_yaml_is_a_usage_error(tmp_path, text, match):
 
 def _args(*argv):
     p = Parser()
-    add_train_args(p)
-    add_sa_args(p)
+    add_config_args(p)
+    add_run_args(p)
     return p.parse_args(list(argv))
 
 
@@ -85,10 +87,6 @@ def test_bad_values_name_the_argument(argv, match):
 
 
 def test_atomic_writes_leave_no_temp_file_and_respect_the_umask(tmp_path):
-    import os
-
-    from sa_dist.utils import atomic_write_text
-
     old = os.umask(0o022)
     try:
         atomic_write_text(tmp_path / "a.txt", "x")

@@ -1,22 +1,14 @@
 """Two gloo ranks on the CPU (torchrun --nproc_per_node 2, Accelerator(cpu=True))."""
-import socket
+import json
 
 import pytest
 import torch
 
-from conftest import ROOT, run_script
+from conftest import ROOT, torchrun
 from sa_dist.checkpoint import load_checkpoint
+from test_scripts import TINY
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def torchrun(*args, timeout=300):
-    return run_script("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
-                      *args, timeout=timeout)
+pytestmark = pytest.mark.slow
 
 
 @pytest.mark.parametrize("arch", ["conv", "linear"])
@@ -32,9 +24,6 @@ def test_two_ranks_end_with_identical_weights_equal_to_the_saved_checkpoint(tmp_
 
 
 def test_unlearn_runs_end_to_end_on_two_ranks(tmp_path):
-    import json
-
-    from test_scripts import TINY
     r = torchrun(ROOT / "scripts" / "unlearn.py", *TINY, "--run-dir", tmp_path / "r")
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "r" / "results.json").read_text())

@@ -1,23 +1,17 @@
 """The diagonal Fisher: the fast per-sample path against the one-sample-at-a-time loop, sample determinism,
 sharding over two processes, and the Fisher file."""
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import sa_dist.fisher as fisher
-from sa_dist.checkpoint import save_checkpoint
-from sa_dist.fisher import diag_fisher, fisher_batch, load_fisher, save_fisher, sum_sq_grads, sum_sq_grads_loop
+from conftest import ROOT, run_script, torchrun
+from sa_dist.checkpoint import load_fisher, save_checkpoint, save_fisher
+from sa_dist.fisher import diag_fisher, fisher_batch, sum_sq_grads, sum_sq_grads_loop
 from sa_dist.models import ModelConfig, build_model
 from sa_dist.utils import UserError
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"conv": ModelConfig(arch="conv", width=4, z_dim=3), "linear": ModelConfig(arch="linear", width=32, z_dim=3)}
 
 
@@ -45,7 +39,7 @@ def small_model(arch: str, seed: int = 0) -> nn.Module:
 
 
 def elbo_in_model_dtype(model, x, c, eps=None):
-    """models.elbo, without its cast to float32: that cast rounds float64 logits, and the float32 BCE gradient
+    """models.negative_elbo, without its cast to float32: that cast rounds float64 logits, and the float32 BCE gradient
     (sigmoid(logits) - x, nearly cancelling on self-generated x) then differs in the last ulp between batched
     and one-sample kernels, which hides float64 exactness."""
     logits, mu, logvar = model(x, c, eps)
@@ -61,7 +55,7 @@ def assert_dicts_close(got, want, rtol, atol=0.0):
 
 @pytest.mark.parametrize("arch", ["conv", "linear"])
 def test_fast_path_equals_loop_float64(arch, monkeypatch):
-    monkeypatch.setattr(fisher, "elbo", elbo_in_model_dtype)
+    monkeypatch.setattr(fisher, "negative_elbo", elbo_in_model_dtype)
     model = small_model(arch).double()
     x, c, eps = fisher_batch(model, seed=1, start=0, count=12)
     assert x.dtype == eps.dtype == torch.float64
@@ -101,7 +95,7 @@ def test_general_conv_geometry(monkeypatch):
     net.bn.running_mean.uniform_(-1, 1)
     net.bn.running_var.uniform_(0.3, 3)
     x = torch.randn(5, 2, 9, 8, dtype=torch.float64)
-    monkeypatch.setattr(fisher, "elbo", lambda model, x, c, eps: model(x).square().flatten(1).sum(1))
+    monkeypatch.setattr(fisher, "negative_elbo", lambda model, x, c, eps: model(x).square().flatten(1).sum(1))
     fast = sum_sq_grads(net, x, None, None)
     loop = sum_sq_grads_loop(net, x, torch.zeros(5), torch.zeros(5))
     assert_dicts_close(fast, loop, rtol=1e-9)
@@ -142,35 +136,27 @@ def test_diag_fisher_ignores_mixed_precision():
     from accelerate.state import AcceleratorState
 
     model = small_model("linear")
-    want = diag_fisher(model, n_samples=200, seed=0, progress=False)
+    want = diag_fisher(model, n_samples=200, seed=0, batch=500, progress=False)
     try:
         AcceleratorState._reset_state(reset_partial_state=True)  # other tests may have made a float32 state
         accelerator = Accelerator(cpu=True, mixed_precision="bf16")
         prepared = accelerator.prepare(model)
         assert "_original_forward" in prepared.__dict__  # forward now runs under bf16 autocast
-        got = diag_fisher(prepared, n_samples=200, seed=0, accelerator=accelerator, progress=False)
+        got = diag_fisher(prepared, n_samples=200, seed=0, batch=500, accelerator=accelerator, progress=False)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     assert_dicts_close(got, want, rtol=1e-6)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     """scripts/compute_fisher.py under torchrun with 2 CPU processes equals diag_fisher in this process."""
     model = small_model("conv", seed=1)
     save_checkpoint(tmp_path / "model.safetensors", model)
     out = tmp_path / "fisher.safetensors"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), str(ROOT / "scripts" / "compute_fisher.py"),
-           "--checkpoint", str(tmp_path / "model.safetensors"), "--n-samples", "650", "--seed", "4",
-           "--batch", "200", "--out", str(out)]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    proc = torchrun(ROOT / "scripts" / "compute_fisher.py", "--checkpoint", tmp_path / "model.safetensors",
+                    "--n-samples", 650, "--seed", 4, "--batch", 200, "--out", out, timeout=180,
+                    env={"ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout
     want = diag_fisher(model, n_samples=650, seed=4, batch=500, progress=False)
@@ -178,16 +164,15 @@ def test_two_processes_match_one(tmp_path):
 
 
 def test_script_reports_user_errors(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "compute_fisher.py"), "--checkpoint",
-                           str(tmp_path / "missing.safetensors"), "--out", str(tmp_path / "f.safetensors")],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_script(ROOT / "scripts" / "compute_fisher.py", "--checkpoint", tmp_path / "missing.safetensors",
+                      "--out", tmp_path / "f.safetensors", timeout=120)
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [f"error: checkpoint {tmp_path / 'missing.safetensors'} does not exist"]
 
 
 def test_save_load_round_trip_and_mismatch(tmp_path):
     model = small_model("linear")
-    fish = diag_fisher(model, n_samples=100, progress=False)
+    fish = diag_fisher(model, n_samples=100, seed=0, batch=500, progress=False)
     path = tmp_path / "fisher.safetensors"
     save_fisher(path, fish, {"n_samples": 100, "seed": 0})
     assert_dicts_close(load_fisher(path, model), fish, rtol=0, atol=0)

@@ -1,11 +1,17 @@
 """--method: every baseline/ablation behind one interface, the local sweep and the aggregate table (tiny budgets)."""
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
+import sa_dist.methods
 from conftest import LIMIT, run_script
+from sa_dist.config import RunConfig, SAConfig, TrainConfig
+from sa_dist.methods import Context, get_method, method_names, naive
+from sa_dist.models import negative_elbo
+from sa_dist.sweeps.grid import make_grid, parse_forget
 
 # A linear cVAE that learns something in seconds (3 epochs of 2000 images), then short unlearning runs.
 SMALL = ["--arch", "linear", "--width", "64", "--epochs", "3", "--batch", "64", "--limit", str(LIMIT),
@@ -23,6 +29,7 @@ def sweep(tmp_path_factory):
     return out, runs, r
 
 
+@pytest.mark.slow
 def test_every_method_writes_the_same_schema(sweep):
     _, runs, _ = sweep
     assert sorted(runs) == sorted(ALL)
@@ -33,6 +40,7 @@ def test_every_method_writes_the_same_schema(sweep):
         assert r["timing_s"]["unlearn"] > 0
 
 
+@pytest.mark.slow
 def test_ablations_switch_off_one_term(sweep):
     _, runs, _ = sweep
     assert runs["no_ewc"]["config"]["sa"]["lam"] == 0 and runs["no_replay"]["config"]["sa"]["gamma"] == 0
@@ -42,6 +50,7 @@ def test_ablations_switch_off_one_term(sweep):
     assert nelbo["sa"] < nelbo["replay_only"] - 10  # without the surrogate term nothing learns the surrogate
 
 
+@pytest.mark.slow
 def test_retrain_never_saw_the_forgotten_class(sweep):
     _, runs, _ = sweep
     r = runs["retrain"]
@@ -52,6 +61,7 @@ def test_retrain_never_saw_the_forgotten_class(sweep):
     assert abs(after["3"]["test_nelbo"] / before["3"]["test_nelbo"] - 1) < 0.2  # the others are learnt alike
 
 
+@pytest.mark.slow
 def test_naive_ascends_the_forgotten_images_nelbo(sweep):
     _, runs, _ = sweep
     r = runs["naive"]
@@ -61,14 +71,13 @@ def test_naive_ascends_the_forgotten_images_nelbo(sweep):
     assert r["method_info"]["budget_steps"] == 2 * 4 and r["method_info"]["stopped"] is None
 
 
+@pytest.mark.slow
 def test_sweep_table_and_plot(sweep):
     out, runs, r = sweep
     md = (out / "summary.md").read_text()
     assert md == r.stdout[-len(md):]  # printed too
     lines = [line for line in md.splitlines() if line.startswith("| ") and "---" not in line]
-    from sa_dist.config import METHODS
-
-    assert [line.split("|")[1].strip() for line in lines[1:]] == ["original θ*", *METHODS]  # METHODS' order
+    assert [line.split("|")[1].strip() for line in lines[1:]] == ["original θ*", *method_names()]  # registry order
     table = json.loads((out / "summary.json").read_text())
     rows = {p["method"]: p for p in table["points"]}
     assert rows["retrain"]["seconds_vs_retrain"] == 1.0
@@ -79,6 +88,7 @@ def test_sweep_table_and_plot(sweep):
     assert (out / "summary.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_sweep_resumes_without_rerunning(sweep, tmp_path):
     out, _, _ = sweep
     before = {d.name: (d / "results.json").read_bytes() for d in out.iterdir() if d.is_dir()}
@@ -90,8 +100,6 @@ def test_sweep_resumes_without_rerunning(sweep, tmp_path):
 
 
 def test_grid_collapses_what_a_method_does_not_read():
-    from sa_dist.sweep import make_grid, parse_forget
-
     pts = make_grid(["sa", "no_ewc", "retrain"], parse_forget(["1", "2,7"]), [0.0, 1.0], [1.0])
     names = [p.name("conv") for p in pts]
     assert names == ["conv-sa-forget1-lam0-gamma1", "conv-sa-forget1-lam1-gamma1", "conv-sa-forget2_7-lam0-gamma1",
@@ -110,47 +118,41 @@ def test_task_args_are_the_unlearn_flags_of_one_point(tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == "1"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("argv,match", [(["--forget", "2", "--task-args", "5"], "--task-args 5: the grid has points 0-0"),
-                                        (["--run-dir", "x"], "--run-dir is chosen per point by sweep.py")])
+                                        (["--run-dir", "x"], "--run-dir and --resume are chosen per point by sweep.py")])
 def test_sweep_bad_input_is_one_line(tmp_path, argv, match):
     r = run_script("scripts/sweep.py", "--out-dir", tmp_path / "o", *argv)
     assert r.returncode == 2 and match in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.slow
 def test_unlearn_refuses_an_unknown_method(tmp_path):
     r = run_script("scripts/unlearn.py", "--method", "magic", "--run-dir", tmp_path / "r")
     assert r.returncode == 2 and "invalid choice: 'magic'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_aggregate_refuses_a_folder_without_runs(tmp_path):
     r = run_script("scripts/aggregate.py", tmp_path)
     assert r.returncode == 1 and "no results.json there" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_methods_are_the_package_modules():
-    from pathlib import Path
-
-    from sa_dist.config import METHODS
-    from sa_dist.methods import get_method
-
-    files = {p.stem for p in Path(__import__("sa_dist.methods").methods.__file__).parent.glob("[!_]*.py")}
-    assert set(METHODS) == files and METHODS[0] == "sa"
+    files = {p.stem for p in Path(sa_dist.methods.__file__).parent.glob("[!_]*.py")}
+    assert set(method_names()) == files and method_names()[0] == "sa"
     assert get_method("no_ewc").overrides == {"lam": 0.0} and get_method("retrain").uses == ()
 
 
 def test_naive_stops_on_a_non_finite_loss_and_keeps_the_last_finite_weights(tiny_baseline, accelerator, monkeypatch):
-    from sa_dist.config import RunConfig, SAConfig, TrainConfig
-    from sa_dist.methods import Context, naive
-    from sa_dist.models import elbo
-
     calls = {"n": 0}
 
     def flaky_elbo(model, x, c, eps=None):
         calls["n"] += 1
-        out = elbo(model, x, c, eps)
+        out = negative_elbo(model, x, c, eps)
         return out * math.inf if calls["n"] == 3 else out
 
-    monkeypatch.setattr(naive, "elbo", flaky_elbo)
+    monkeypatch.setattr(naive, "negative_elbo", flaky_elbo)
     model, _ = tiny_baseline
     cfg = RunConfig(train=TrainConfig(limit=LIMIT), sa=SAConfig(forget=[2], sa_epochs=1, n_replay=1280, batch=64, lr=1e-3))
     out = naive.unlearn(Context(cfg, model, None, accelerator))

@@ -1,8 +1,10 @@
-"""Issue #7, bad input: every bad argument or file costs one line on stderr and a non-zero exit, nothing written.
+"""Bad input: every bad argument or file costs one line on stderr and a non-zero exit, nothing written.
 
 The scripts run in-process (``runpy``) with the job itself replaced by a tripwire, so a check that lets a bad value
 through fails the test instead of starting a run. A few cases also run as a real subprocess (tests/test_scripts.py)."""
+import gzip
 import runpy
+import shutil
 import signal
 import sys
 from dataclasses import asdict, fields, replace
@@ -12,11 +14,17 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script
-from sa_dist import pipeline
-from sa_dist.config import METHODS, SAConfig
-from sa_dist.checkpoint import save_checkpoint, save_tensors
-from sa_dist.config import RunConfig
+from sa_dist import cache, checkpoint, data, pipeline
+from sa_dist.checkpoint import save_checkpoint, save_fisher, save_tensors
+from sa_dist.cli.flags import Parser, add_config_args, config_from_args
+from sa_dist.config import RunConfig, SAConfig
+from sa_dist.data import PACKAGE_DATA
+from sa_dist.evaluation import evaluator
+from sa_dist.methods import method_names
 from sa_dist.models import ModelConfig, build_model
+from test_scripts import TINY
+
+METHODS = method_names()
 
 
 class Tripwire(Exception):
@@ -30,7 +38,6 @@ def script(monkeypatch, tmp_path, capsys):
         raise Tripwire("the checks let a bad value through")
 
     monkeypatch.setattr(pipeline, "make_accelerator", trip)
-    monkeypatch.setattr("sa_dist.baseline.make_accelerator", trip)
     monkeypatch.chdir(tmp_path)
     old = signal.getsignal(signal.SIGTERM)
 
@@ -58,37 +65,36 @@ def _yaml(tmp_path, name, text):
     return tmp_path / name
 
 
-BAD_ARGS = [  # (argv, the exact line the user sees)
-    (["--forget", "10"], "error: --forget takes classes in 0-9, got [10]"),
-    (["--forget", "-1"], "error: --forget takes classes in 0-9, got [-1]"),
-    (["--forget", "2", "2"], "error: --forget has a repeated class: [2, 2] (distinct classes in 0-9)"),
-    (["--forget", *map(str, range(10))],
-     "error: --forget cannot take all 10 classes: at most 9, so something is retained"),
-    (["--arch", "vit"], "error: --arch must be one of conv, linear, got 'vit'"),
-    (["--method", "magic"], "unlearn.py: error: argument --method: invalid choice: 'magic' (choose from "
-                            f"{', '.join(map(repr, METHODS))})"),
-    (["--lam", "-1"], "error: --lam must be a finite number >= 0, got -1.0"),
-    (["--lam", "inf"], "error: --lam must be a finite number >= 0, got inf"),
-    (["--gamma", "nan"], "error: --gamma must be a finite number >= 0, got nan"),
-    (["--gamma", "-0.5"], "error: --gamma must be a finite number >= 0, got -0.5"),
-    (["--lr", "-0.001"], "error: --lr must be a positive number, got -0.001"),
-    (["--lr", "nan"], "error: --lr must be a positive number, got nan"),
-    (["--sa-lr", "inf"], "error: --sa-lr must be a positive number, got inf"),
-    (["--epochs", "0"], "error: --epochs must be a positive integer, got 0"),
-    (["--epochs", "-3"], "error: --epochs must be a positive integer, got -3"),
-    (["--sa_epochs", "0"], "error: --sa_epochs must be a positive integer, got 0"),
-    (["--batch", "0"], "error: --batch must be a positive integer, got 0"),
-    (["--batch", "-8"], "error: --batch must be a positive integer, got -8"),
-    (["--batch", "x"], "unlearn.py: error: argument --batch: invalid int value: 'x'"),
-    (["--z-dim", "0"], "error: --z-dim must be >= 1, got 0"),
-    (["--seed", "-1"], "error: --seed must be an integer >= 0, got -1"),
-    (["--limit", "0"], "error: --limit must be a positive integer (or unset for all images), got 0"),
-    (["--mixed-precision", "fp8"], "error: --mixed-precision must be one of no, fp16, bf16, got 'fp8'"),
-    (["--surrogate", "noise"],
-     "error: --surrogate must be uniform, blank, class:K or a path to an .npy file, got 'noise'"),
-    (["--surrogate", "class:2"],
-     "error: --surrogate class:K needs a retained class K in 0-9 (not one of --forget [2]), got 'class:2'"),
-]
+BAD_ARGS_TABLE = """
+--forget 10           | error: --forget takes classes in 0-9, got [10]
+--forget -1           | error: --forget takes classes in 0-9, got [-1]
+--forget 2 2          | error: --forget has a repeated class: [2, 2] (distinct classes in 0-9)
+--forget {all}        | error: --forget cannot take all 10 classes: at most 9, so something is retained
+--arch vit            | error: --arch must be one of conv, linear, got 'vit'
+--method magic        | unlearn.py: error: argument --method: invalid choice: 'magic' (choose from {methods})
+--lam -1              | error: --lam must be a finite number >= 0, got -1.0
+--lam inf             | error: --lam must be a finite number >= 0, got inf
+--gamma nan           | error: --gamma must be a finite number >= 0, got nan
+--gamma -0.5          | error: --gamma must be a finite number >= 0, got -0.5
+--lr -0.001           | error: --lr must be a positive number, got -0.001
+--lr nan              | error: --lr must be a positive number, got nan
+--sa-lr inf           | error: --sa-lr must be a positive number, got inf
+--epochs 0            | error: --epochs must be a positive integer, got 0
+--epochs -3           | error: --epochs must be a positive integer, got -3
+--sa_epochs 0         | error: --sa-epochs must be a positive integer, got 0
+--batch 0             | error: --batch must be a positive integer, got 0
+--batch -8            | error: --batch must be a positive integer, got -8
+--batch x             | unlearn.py: error: argument --batch: invalid int value: 'x'
+--z-dim 0             | error: --z-dim must be >= 1, got 0
+--seed -1             | error: --seed must be an integer >= 0, got -1
+--limit 0             | error: --limit must be a positive integer (or unset for all images), got 0
+--mixed-precision fp8 | error: --mixed-precision must be one of no, fp16, bf16, got 'fp8'
+--surrogate noise     | error: --surrogate must be uniform, blank, class:K or a path to an .npy file, got 'noise'
+--surrogate class:2   | error: --surrogate class:K needs a retained class K in 0-9 (not one of --forget [2]), got 'class:2'
+"""  # argv | the exact line the user sees
+BAD_ARGS = [(argv.format(all=" ".join(map(str, range(10)))).split(),
+             line.format(methods=", ".join(map(repr, METHODS))))
+            for argv, line in (row.split(" | ", 1) for row in BAD_ARGS_TABLE.strip().splitlines())]
 
 
 @pytest.mark.parametrize("argv,line", BAD_ARGS, ids=[" ".join(a)[:30] for a, _ in BAD_ARGS])
@@ -172,6 +178,7 @@ def test_bad_checkpoint_is_one_line_exit_1_before_anything_is_written(script, ba
     assert code == 1 and len(err) == 1 and err[0].startswith(f"error: checkpoint {path} ") and tail in err[0], err
 
 
+@pytest.mark.slow
 def test_unwritable_run_dir(tmp_path):
     (tmp_path / "file").write_text("a file, not a folder")
     r = run_script("scripts/train_baseline.py", "--epochs", "1", "--limit", "200", "--run-dir", tmp_path / "file" / "r")
@@ -180,19 +187,13 @@ def test_unwritable_run_dir(tmp_path):
     assert r.stderr.strip().splitlines()[-1] == want
 
 
+@pytest.mark.slow
 def test_a_cached_fisher_that_does_not_match_the_model_is_refused(tmp_path):
-    from test_scripts import TINY
-
-    from sa_dist.cli import Parser, add_sa_args, add_train_args, config_from_args
-    from sa_dist.fisher import save_fisher
-
     p = Parser()
-    add_train_args(p)
-    add_sa_args(p)
+    add_config_args(p)
     argv = [*TINY, "--seed", "5", "--epochs", "1", "--limit", "300", "--eval-samples", "10"]
     cfg = config_from_args(p.parse_args(argv))
-    key = pipeline.fisher_key(cfg, pipeline.baseline_key(cfg))
-    path = pipeline.cache_root() / "fisher" / f"fisher-{key}.safetensors"
+    path = cache.fisher_path(cache.fisher_key(cfg, cache.baseline_key(cfg)))
     other = build_model(ModelConfig(arch="linear", width=32))
     save_fisher(path, {k: torch.ones_like(v) for k, v in other.named_parameters()}, {})
     try:
@@ -214,38 +215,36 @@ def _changed(value):
 
 def test_every_config_field_that_shapes_the_baseline_changes_its_key():
     cfg = RunConfig()
-    key = pipeline.baseline_key(cfg)
+    key = cache.baseline_key(cfg)
     for section in ("model", "train"):
         for f in fields(getattr(cfg, section)):
             part = getattr(cfg, section)
             new = replace(cfg, **{section: replace(part, **{f.name: _changed(getattr(part, f.name))})})
-            assert pipeline.baseline_key(new) != key, f"{section}.{f.name}"
-    assert pipeline.baseline_key(replace(cfg, mixed_precision="bf16")) != key
+            assert cache.baseline_key(new) != key, f"{section}.{f.name}"
+    assert cache.baseline_key(replace(cfg, mixed_precision="bf16")) != key
     sa_only = replace(cfg, sa=replace(cfg.sa, lam=3.0, forget=[5]), eval_samples=7)
-    assert pipeline.baseline_key(sa_only) == key  # SA settings reuse the same baseline
+    assert cache.baseline_key(sa_only) == key  # SA settings reuse the same baseline
 
 
 def test_fisher_key_follows_baseline_samples_seed_batch():
     cfg = RunConfig()
-    key = pipeline.fisher_key(cfg, "b")
-    assert pipeline.fisher_key(cfg, "other-baseline") != key
+    key = cache.fisher_key(cfg, "b")
+    assert cache.fisher_key(cfg, "other-baseline") != key
     for sa in (replace(cfg.sa, n_fisher=7), replace(cfg.sa, fisher_batch=7)):
-        assert pipeline.fisher_key(replace(cfg, sa=sa), "b") != key
-    assert pipeline.fisher_key(replace(cfg, train=replace(cfg.train, seed=1)), "b") != key
-    assert pipeline.fisher_key(replace(cfg, sa=replace(cfg.sa, lam=9.0)), "b") == key
+        assert cache.fisher_key(replace(cfg, sa=sa), "b") != key
+    assert cache.fisher_key(replace(cfg, train=replace(cfg.train, seed=1)), "b") != key
+    assert cache.fisher_key(replace(cfg, sa=replace(cfg.sa, lam=9.0)), "b") == key
 
 
 def test_data_checksum_and_format_version_change_every_cache_key(monkeypatch):
-    from sa_dist import checkpoint, data, evaluator
-
     cfg = RunConfig()
-    keys = lambda: (pipeline.baseline_key(cfg), pipeline.fisher_key(cfg, pipeline.baseline_key(cfg)),  # noqa: E731
+    keys = lambda: (cache.baseline_key(cfg), cache.fisher_key(cfg, cache.baseline_key(cfg)),  # noqa: E731
                     evaluator.evaluator_path().name)
     base = keys()
     monkeypatch.setitem(data.SHA256, "t10k-labels-idx1-ubyte", "0" * 64)
     changed_data = keys()
     monkeypatch.undo()
-    monkeypatch.setattr(pipeline, "FORMAT_VERSION", checkpoint.FORMAT_VERSION + 1)
+    monkeypatch.setattr(cache, "FORMAT_VERSION", checkpoint.FORMAT_VERSION + 1)
     monkeypatch.setattr(evaluator, "EVALUATOR_VERSION", evaluator.EVALUATOR_VERSION + 1)
     changed_format = keys()
     for i, what in enumerate(("baseline", "fisher", "evaluator")):
@@ -254,10 +253,6 @@ def test_data_checksum_and_format_version_change_every_cache_key(monkeypatch):
 
 
 def _mnist_copy(tmp_path):
-    import shutil
-
-    from sa_dist.data import PACKAGE_DATA
-
     d = tmp_path / "mnist"
     shutil.copytree(PACKAGE_DATA, d)
     return d
@@ -268,8 +263,6 @@ def _mnist_copy(tmp_path):
                                          ("truncated", "is corrupt (Compressed file ended before the end-of-stream"),
                                          ("checksum", "failed its checksum: uncompressed SHA-256 ")])
 def test_bad_data_file_is_one_line_exit_1_before_anything_is_written(script, tmp_path, script_name, damage, says):
-    import gzip
-
     d = _mnist_copy(tmp_path / "data")
     f = d / "t10k-labels-idx1-ubyte.gz"
     if damage == "missing":

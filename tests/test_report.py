@@ -10,23 +10,24 @@ import numpy as np
 import pytest
 import torch
 
+import copy
+
+import sa_dist
 from conftest import LIMIT, run_script
-from sa_dist.figures import FIGURES, log_to_tensorboard, make_figures
-from sa_dist.latent import drift_by_class, latent_block, plot_latent_space, silhouette_by_class, traversal
-from sa_dist.report import build_report
+from sa_dist.analysis.figures import FIGURES, log_to_tensorboard, make_figures
+from sa_dist.analysis.latent import (drift_by_class, latent_block, latent_means, plot_latent_space,
+                                     silhouette_by_class, subset, traversal)
+from sa_dist.analysis.report import build_report
+from sa_dist.data import load_mnist
 from sa_dist.utils import UsageError
 
 
 @pytest.fixture(scope="module")
 def test_data():
-    from sa_dist.data import load_mnist
-
     return load_mnist(False, None, LIMIT)
 
 
 def test_plot_functions_are_public():
-    import sa_dist
-
     assert sa_dist.plot_latent_space is plot_latent_space and callable(sa_dist.plot_latent_manifold)
 
 
@@ -44,10 +45,21 @@ def test_silhouette_and_drift_measure_what_they_say():
 
 
 def test_latent_block_schema(tiny_baseline, test_data):
+    """After a shift of every latent mean by the same vector (the encoder's output bias + 1): silhouettes are
+    unchanged (the geometry is), and each class drifted by sqrt(z_dim) over its spread."""
     model, _ = tiny_baseline
-    lat = latent_block(model, model, *test_data, forget=[2], n=500)
+    shifted = copy.deepcopy(model)
+    with torch.no_grad():
+        shifted.enc_out.bias[:model.z_dim] += 1.0  # the mu half of (mu, logvar)
+    lat = latent_block(model, shifted, *test_data, forget=[2], n=500)
     assert lat["n_images"] == 500 and set(lat["before"]["per_class"]) == {str(c) for c in range(10)}
-    assert lat["before"] == lat["after"] and lat["drift"]["retained_mean"] == 0  # same model: nothing moved
+    for c, v in lat["before"]["per_class"].items():
+        assert lat["after"]["per_class"][c] == pytest.approx(v, abs=1e-4)
+    xs, ys = subset(*test_data, 500, 0)
+    mu, y = latent_means(model, xs, ys), ys.numpy()
+    for c in range(10):
+        spread = np.sqrt(((mu[y == c] - mu[y == c].mean(0)) ** 2).sum(1).mean())
+        assert lat["drift"]["per_class"][str(c)] == pytest.approx(np.sqrt(model.z_dim) / spread, rel=1e-3)
     kept = [v for k, v in lat["before"]["per_class"].items() if k != "2"]
     assert lat["before"]["retained_mean"] == pytest.approx(np.mean(kept))
     assert lat["before"]["forgotten"] == {"2": lat["before"]["per_class"]["2"]}
@@ -130,6 +142,7 @@ def test_report_is_self_contained_and_renders_what_is_there(report_dir):
     assert all(f"]({p.name})" in md for p in paths) and "| class 2 (forgotten) |" in md
 
 
+@pytest.mark.slow
 def test_report_in_headless_chromium(report_dir, tmp_path):
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:

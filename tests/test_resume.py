@@ -1,7 +1,8 @@
-"""Issue #7, faults while running: NaN/Inf, SIGINT/SIGTERM and --resume, atomic state, a failing rank.
+"""Faults while running: NaN/Inf, SIGINT/SIGTERM and --resume, atomic state, a failing rank.
 
 Faults are injected with ``SA_DIST_FAULT=KIND@STAGE:STEP[:RANK]`` (sa_dist/resume.py): the signals are real
 signals the process sends itself, so the handlers, the save and the exit code are the ones a user gets."""
+import hashlib
 import json
 import os
 import signal
@@ -14,14 +15,17 @@ import torch
 from accelerate.utils import set_seed
 from safetensors.torch import load_file
 
-from conftest import ROOT, run_script
+from conftest import ROOT, free_port, run_script, torchrun
 from sa_dist.checkpoint import load_tensors
+from sa_dist.cli.flags import run_main
+from sa_dist.config import RunConfig
 from sa_dist.data import loaders
 from sa_dist.models import ModelConfig, build_model
 from sa_dist.resume import Checkpointer, Interrupted
-from sa_dist.train import NonFiniteLoss, make_accelerator, train_vae
+from sa_dist.runs import fresh_dir
+from sa_dist.runtime import NonFiniteLoss, make_accelerator
+from sa_dist.train import train_vae
 from sa_dist.utils import UserError, atomic_write_bytes
-from test_distributed import free_port
 from test_scripts import TINY
 
 RUN = [*TINY, "--sa_epochs", "2", "--seed", "3"]  # baseline: 8 steps (1 epoch); SA: 2 epochs of 4 steps
@@ -54,6 +58,7 @@ def interrupted_and_resumed(tmp_path_factory):
     return a, b, steps, (meta_after_sigint, meta_after_nan)
 
 
+@pytest.mark.slow
 def test_sigterm_in_baseline_training_saves_a_resumable_state(interrupted_and_resumed):
     a, _, steps, _ = interrupted_and_resumed
     assert steps[0].returncode == 143
@@ -61,6 +66,7 @@ def test_sigterm_in_baseline_training_saves_a_resumable_state(interrupted_and_re
                                    f"{a}/state/baseline; continue with --resume {a}")
 
 
+@pytest.mark.slow
 def test_sigint_in_sa_saves_a_resumable_state(interrupted_and_resumed):
     a, _, steps, (meta, _) = interrupted_and_resumed
     assert steps[1].returncode == 130
@@ -69,6 +75,7 @@ def test_sigint_in_sa_saves_a_resumable_state(interrupted_and_resumed):
     assert meta["step"] == 3 and [r["step"] for r in meta["history"]] == [1, 2, 3]
 
 
+@pytest.mark.slow
 def test_nan_in_sa_stops_naming_step_and_term_and_keeps_the_last_good_state(interrupted_and_resumed):
     a, _, steps, (_, meta) = interrupted_and_resumed
     assert steps[2].returncode == 1
@@ -77,6 +84,7 @@ def test_nan_in_sa_stops_naming_step_and_term_and_keeps_the_last_good_state(inte
     assert meta["step"] == 4  # the SA epoch boundary before the NaN, not overwritten
 
 
+@pytest.mark.slow
 def test_resumed_run_ends_with_the_same_metrics_as_an_uninterrupted_one(interrupted_and_resumed):
     a, b, steps, _ = interrupted_and_resumed
     assert steps[3].returncode == 0, steps[3].stderr[-2000:]
@@ -92,17 +100,15 @@ def test_resumed_run_ends_with_the_same_metrics_as_an_uninterrupted_one(interrup
 
 
 def test_an_interrupted_run_dir_is_not_reused_without_resume(tmp_path):
-    from sa_dist.config import RunConfig
-    from sa_dist.pipeline import _fresh_dir
-
     (tmp_path / "r" / "state" / "sa").mkdir(parents=True)
     with pytest.raises(UserError) as e:
-        _fresh_dir(RunConfig(), str(tmp_path / "r"))
+        fresh_dir(RunConfig(), str(tmp_path / "r"))
     assert str(e.value) == (f"--run-dir {tmp_path / 'r'} holds an interrupted run; continue it with --resume "
                             f"{tmp_path / 'r'} or choose another")
-    assert _fresh_dir(RunConfig(), str(tmp_path / "r"), resume=True) == tmp_path / "r"
+    assert fresh_dir(RunConfig(), str(tmp_path / "r"), resume=True) == tmp_path / "r"
 
 
+@pytest.mark.slow
 def test_external_sigterm_then_resume_finishes_the_baseline(tmp_path):
     """A real SIGTERM from another process (as a scheduler sends one), mid-training."""
     run = tmp_path / "run"
@@ -200,13 +206,13 @@ def test_atomic_write_killed_half_way_keeps_the_old_file(tmp_path, monkeypatch):
 
 # ---- two processes ------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault,says", [("raise", "RuntimeError: injected fault on rank 1 at sa step 6"),
                                         ("kill", "Signal 9 (SIGKILL) received by PID")])
 def test_a_failing_rank_stops_the_whole_job_naming_the_rank(tmp_path, fault, says):
     t0 = time.time()
-    r = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
-                   ROOT / "scripts" / "unlearn.py", *RUN, "--run-dir", tmp_path / "r",
-                   env={"SA_DIST_FAULT": f"{fault}@sa:6:1"}, timeout=240)
+    r = torchrun(ROOT / "scripts" / "unlearn.py", *RUN, "--run-dir", tmp_path / "r",
+                 env={"SA_DIST_FAULT": f"{fault}@sa:6:1"}, timeout=240)
     assert r.returncode != 0 and time.time() - t0 < 200
     root_cause = r.stderr.split("Root Cause (first observed failure):")[1]
     assert "rank      : 1 (local_rank: 1)" in root_cause and says in r.stderr
@@ -215,8 +221,6 @@ def test_a_failing_rank_stops_the_whole_job_naming_the_rank(tmp_path, fault, say
 
 
 def test_user_errors_name_the_rank_under_a_launcher(monkeypatch, capsys):
-    from sa_dist.cli import run_main
-
     def fails():
         raise UserError("boom")
 
@@ -231,6 +235,7 @@ def test_user_errors_name_the_rank_under_a_launcher(monkeypatch, capsys):
     assert e.value.code == 1 and capsys.readouterr().err == "error: [rank 1] boom\n"
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_launcher_then_resume_on_two_ranks_matches_an_uninterrupted_run(tmp_path):
     """SIGTERM to torchrun (what a scheduler sends): it forwards it, both ranks save and stop; torchrun --resume
     ends with the results of an uninterrupted 2-process run."""
@@ -246,19 +251,15 @@ def test_sigterm_to_the_launcher_then_resume_on_two_ranks_matches_an_uninterrupt
     _, err = proc.communicate(timeout=120)
     assert proc.returncode != 0 and f"resumable state saved in {a}/state/sa; continue with --resume {a}" in err
     assert "error: [rank 0] interrupted by SIGTERM at sa step " in err and not (a / "results.json").exists()
-    r = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
-                   "scripts/unlearn.py", "--resume", a, timeout=240)
+    r = torchrun("scripts/unlearn.py", "--resume", a, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
-    r = run_script("-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
-                   "scripts/unlearn.py", *argv, "--run-dir", b, timeout=240)
+    r = torchrun("scripts/unlearn.py", *argv, "--run-dir", b, timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
     assert ra["processes"] == 2 and all(ra[k] == rb[k] for k in METRICS)
 
 
 def test_sigterm_outside_the_loops_is_one_line_exit_143(capsys):
-    from sa_dist.cli import run_main
-
     old = signal.getsignal(signal.SIGTERM)
     try:
         with pytest.raises(SystemExit) as e:
@@ -268,9 +269,8 @@ def test_sigterm_outside_the_loops_is_one_line_exit_143(capsys):
     assert e.value.code == 143 and capsys.readouterr().err == "error: interrupted by SIGTERM\n"
 
 
+@pytest.mark.slow
 def test_resume_of_a_run_started_with_checkpoint_unlearns_that_checkpoint(tiny_baseline, tmp_path):
-    import hashlib
-
     _, ckpt = tiny_baseline
     run = tmp_path / "r"
     r = run_script("scripts/unlearn.py", *TINY, "--width", "128", "--checkpoint", ckpt, "--run-dir", run,

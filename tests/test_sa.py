@@ -2,9 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from sa_dist.evaluate import UNIFORM_FLOOR
+from conftest import sa_config
+from sa_dist.amnesia import replay_dataset, selective_amnesia, surrogate_dataset
 from sa_dist.fisher import diag_fisher
-from sa_dist.sa import ewc_penalty, replay_dataset, selective_amnesia, surrogate_dataset
+from sa_dist.models import negative_elbo
+from sa_dist.objective import ewc_penalty, sa_objective
+from sa_dist.surrogate import Uniform
 from sa_dist.utils import UsageError
 
 
@@ -48,26 +51,49 @@ def test_replay_holds_only_retained_classes_from_the_frozen_model(tiny_baseline)
 
 def test_ewc_penalty_is_zero_at_theta_star_and_fisher_weighted(tiny_baseline):
     model, _ = tiny_baseline
-    star = {k: v.detach().clone() for k, v in model.named_parameters()}
-    fisher = {k: torch.ones_like(v) for k, v in star.items()}
-    assert ewc_penalty(model, fisher, star).item() == 0.0
-    moved = {k: v + 0.1 for k, v in star.items()}
-    n = sum(v.numel() for v in star.values())
-    assert ewc_penalty(model, fisher, moved).item() == pytest.approx(0.01 * n, rel=1e-4)
+    star = [p.detach().clone() for p in model.parameters()]
+    ones = [torch.ones_like(p) for p in star]
+    assert ewc_penalty(model.parameters(), ones, star).item() == 0.0
+    moved = [p + 0.1 for p in star]
+    n = sum(p.numel() for p in star)
+    assert ewc_penalty(model.parameters(), ones, moved).item() == pytest.approx(0.01 * n, rel=1e-4)
+    halves = [torch.full_like(p, 0.5) if i == 0 else torch.zeros_like(p) for i, p in enumerate(star)]
+    assert ewc_penalty(model.parameters(), halves, moved).item() == pytest.approx(0.5 * 0.01 * star[0].numel(),
+                                                                                  rel=1e-4)
+
+
+def test_sa_objective_is_the_papers_weighted_sum_of_three_terms(tiny_baseline):
+    """L = -E_q ELBO + gamma * (-E_p ELBO) + lam * EWC, each expectation a batch mean of the negative ELBO."""
+    model, _ = tiny_baseline
+    gen = torch.Generator().manual_seed(0)
+    xs, cs = torch.rand(6, 1, 28, 28, generator=gen), torch.full((6,), 2)
+    cr = torch.tensor([0, 1, 3, 4, 5, 6, 7, 8])
+    xr = model.sample(8, cr, generator=gen)
+    star = [p.detach().clone() + 0.01 for p in model.parameters()]
+    fisher = [torch.rand(p.shape, generator=gen) for p in star]
+    torch.manual_seed(3)
+    t = sa_objective(model, (xs, cs), (xr, cr), fisher, star, lam=0.7, gamma=1.3)
+    torch.manual_seed(3)  # the same reparameterisation noise, in the same order: surrogate, then replay
+    s, r = negative_elbo(model, xs, cs).mean(), negative_elbo(model, xr, cr).mean()
+    ewc = sum((f * (p - a) ** 2).sum() for f, p, a in zip(fisher, model.parameters(), star))
+    assert torch.allclose(torch.stack(t[:3]), torch.stack([s, r, ewc]), rtol=1e-5)
+    assert t.total.item() == pytest.approx(s.item() + 1.3 * r.item() + 0.7 * ewc.item(), rel=1e-5)
+    torch.manual_seed(3)
+    off = sa_objective(model, (xs, cs), (xr, cr), fisher, star, lam=0.7, gamma=1.3, surrogate_weight=0.0)
+    assert off.total.item() == pytest.approx(t.total.item() - t.surrogate.item(), rel=1e-5)
 
 
 def test_sa_forgets_the_class_and_logs_three_float_terms(tiny_baseline, accelerator, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     model, _ = tiny_baseline
-    fisher = diag_fisher(model, 1000, seed=0, accelerator=accelerator)
-    after, hist = selective_amnesia(model, fisher, [2], accelerator, lam=100, sa_epochs=2, n_replay=2560,
-                                    batch=128, seed=0, log_dir=tmp_path)
+    fisher = diag_fisher(model, 1000, seed=0, batch=500, accelerator=accelerator)
+    after, hist = selective_amnesia(model, fisher, accelerator, sa_config(**{"sa.lam": 100.0}), log_dir=tmp_path)
     assert len(hist) == 40 and all(isinstance(v, float) for row in hist for v in row.values() if v != row["step"])
     first, last = hist[0], hist[-1]
     assert last["surrogate_nelbo"] < first["surrogate_nelbo"]
     assert first["surrogate_nelbo"] - last["surrogate_nelbo"] > 100
-    assert last["surrogate_nelbo"] < UNIFORM_FLOOR * 1.05  # towards grey (a 2-epoch, 2000-image model)
+    assert last["surrogate_nelbo"] < Uniform.floor * 1.05  # towards grey (a 2-epoch, 2000-image model)
     assert first["ewc"] == 0.0 and last["ewc"] > 0
     tags = EventAccumulator(str(tmp_path / "sa")).Reload().Tags()["scalars"]
     assert {"sa/surrogate_nelbo", "sa/replay_nelbo", "sa/ewc", "sa/loss"} <= set(tags)

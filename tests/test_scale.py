@@ -4,9 +4,22 @@ import types
 import pytest
 import torch
 import torch.nn as nn
+import yaml
+from accelerate import Accelerator
+from accelerate.commands.config.config_args import load_config_from_file
+from accelerate.state import AcceleratorState
+from accelerate.utils import set_seed
 
-from conftest import ROOT, run_script
+import sa_dist.amnesia
+import sa_dist.objective
+from conftest import ROOT, run_script, sa_config, torchrun
+from sa_dist.checkpoint import load_checkpoint
+from sa_dist.cli.flags import Parser, add_config_args, config_from_args
+from sa_dist.data import loaders
+from sa_dist.fisher import diag_fisher
 from sa_dist.models import ModelConfig, build_model
+from sa_dist.runtime import wrap_model
+from sa_dist.train import train_vae
 from sa_dist.utils import UsageError
 
 
@@ -17,8 +30,6 @@ def fake_accelerator(device: str, processes: int):
 @pytest.mark.parametrize("device,processes,sync_bn,converted", [
     ("cuda", 2, True, True), ("cuda", 2, False, False), ("cuda", 1, True, False), ("cpu", 2, True, False)])
 def test_batch_norm_becomes_sync_batch_norm_only_on_several_cuda_processes(device, processes, sync_bn, converted):
-    from sa_dist.train import wrap_model
-
     for arch in ("conv", "linear"):
         model = wrap_model(fake_accelerator(device, processes), build_model(ModelConfig(arch=arch)), sync_bn)
         kinds = {type(m) for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
@@ -27,11 +38,8 @@ def test_batch_norm_becomes_sync_batch_norm_only_on_several_cuda_processes(devic
 
 
 def _args(*argv):
-    from sa_dist.cli import Parser, add_sa_args, add_train_args, config_from_args
-
     p = Parser()
-    add_train_args(p)
-    add_sa_args(p)
+    add_config_args(p)
     return config_from_args(p.parse_args(list(argv)))
 
 
@@ -47,6 +55,7 @@ def test_sync_bn_flag_and_accelerate_launch_mixed_precision_reach_the_run_config
         _args()
 
 
+@pytest.mark.slow
 def test_fp16_on_cpu_is_refused_in_one_line(tmp_path):
     r = run_script("scripts/unlearn.py", "--mixed-precision", "fp16", "--run-dir", tmp_path / "r",
                    env={"CUDA_VISIBLE_DEVICES": ""})
@@ -60,18 +69,16 @@ def _record_dtypes(model: nn.Module, seen: list):
 
 
 def test_bf16_trains_and_unlearns_under_autocast_while_fisher_and_ewc_stay_float32(monkeypatch):
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState
-    from accelerate.utils import set_seed
-
-    from sa_dist import sa as sa_mod
-    from sa_dist.data import loaders
-    from sa_dist.fisher import diag_fisher
-    from sa_dist.train import train_vae
-
     ewc_dtypes = []
-    real_ewc = sa_mod.ewc_penalty
-    monkeypatch.setattr(sa_mod, "ewc_penalty", lambda *a: ewc_dtypes.append(real_ewc(*a).dtype) or real_ewc(*a))
+    real_ewc = sa_dist.objective.ewc_penalty
+
+    def ewc(*a):
+        a = [list(x) for x in a]
+        out = real_ewc(*a)
+        ewc_dtypes.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(sa_dist.objective, "ewc_penalty", ewc)
     try:
         AcceleratorState._reset_state(reset_partial_state=True)
         acc = Accelerator(cpu=True, mixed_precision="bf16")
@@ -83,11 +90,12 @@ def test_bf16_trains_and_unlearns_under_autocast_while_fisher_and_ewc_stay_float
         hook.remove()
         assert torch.bfloat16 in seen  # the forward ran under bf16 autocast
         assert all(p.dtype == torch.float32 for p in trained.state_dict().values() if p.is_floating_point())
-        fisher = diag_fisher(acc.prepare(trained), n_samples=200, seed=0, accelerator=acc, progress=False)
+        fisher = diag_fisher(acc.prepare(trained), n_samples=200, seed=0, batch=200, accelerator=acc, progress=False)
         assert all(v.dtype == torch.float32 for v in fisher.values())
         seen.clear()
-        monkeypatch.setattr(sa_mod, "wrap_model", lambda a, m, sync: (_record_dtypes(m, seen), m)[1])
-        after, rows = sa_mod.selective_amnesia(trained, fisher, [2], acc, sa_epochs=1, n_replay=256, batch=128)
+        monkeypatch.setattr(sa_dist.amnesia, "wrap_model", lambda a, m, sync: (_record_dtypes(m, seen), m)[1])
+        cfg = sa_config(**{"model.width": 64, "sa.sa_epochs": 1, "sa.n_replay": 256, "mixed_precision": "bf16"})
+        after, rows = sa_dist.amnesia.selective_amnesia(trained, fisher, acc, cfg)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
     assert torch.bfloat16 in seen and set(ewc_dtypes) == {torch.float32}
@@ -96,9 +104,6 @@ def test_bf16_trains_and_unlearns_under_autocast_while_fisher_and_ewc_stay_float
 
 
 def test_accelerate_config_is_valid_and_documented():
-    import yaml
-    from accelerate.commands.config.config_args import load_config_from_file
-
     cfg = load_config_from_file(str(ROOT / "accelerate_config.yaml"))
     assert cfg.distributed_type == "MULTI_GPU" and cfg.num_machines == 1 and cfg.mixed_precision == "no"
     assert cfg.main_process_port == 29500 and cfg.num_processes >= 2
@@ -109,11 +114,8 @@ def test_accelerate_config_is_valid_and_documented():
     assert set(yaml.safe_load(text)) >= {"num_processes", "mixed_precision", "main_process_port"}
 
 
+@pytest.mark.slow
 def test_ranks_split_the_global_batch_and_sync_bn_off_keeps_the_main_process_statistics(tmp_path):
-    from test_distributed import torchrun
-
-    from sa_dist.checkpoint import load_checkpoint
-
     saved = {}
     for mode in ("sync", "nosync"):
         (tmp_path / mode).mkdir()

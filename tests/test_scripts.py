@@ -6,6 +6,8 @@ import pytest
 
 from conftest import LIMIT, run_script
 
+pytestmark = pytest.mark.slow
+
 TINY = ["--arch", "linear", "--width", "64", "--epochs", "1", "--limit", str(LIMIT), "--n-fisher", "500",
         "--sa_epochs", "1", "--n-replay", "1024", "--eval-samples", "50"]
 

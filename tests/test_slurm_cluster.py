@@ -1,6 +1,10 @@
 """The test SLURM itself: an array job runs every task (the sweep and training templates rely on it)."""
 import subprocess
 
+import pytest
+
+pytestmark = pytest.mark.slow
+
 
 def test_one_node_slurm_runs_an_array_job(slurm_cluster, tmp_path):
     script = tmp_path / "array.sh"

@@ -2,7 +2,11 @@
 import json
 import subprocess
 
+import pytest
+
 from conftest import LIMIT, ROOT
+
+pytestmark = pytest.mark.slow
 
 TINY = (f"--arch linear --width 64 --epochs 1 --limit {LIMIT} --n-fisher 500 --sa_epochs 1 --n-replay 1024 "
         "--eval-samples 50")

@@ -2,18 +2,13 @@
 multi-node template), and the per-node `accelerate launch` lines of a 2-node GPU job checked with stand-ins."""
 import json
 import os
-import socket
 import subprocess
 
-from conftest import LIMIT, ROOT
+import pytest
+
+from conftest import LIMIT, ROOT, free_port
 
 LAUNCH = ROOT / "slurm" / "_launch.sh"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def sbatch(env: dict, script: str, log, *args, extra_env=None):
@@ -24,6 +19,7 @@ def sbatch(env: dict, script: str, log, *args, extra_env=None):
     return r, log.read_text() if log.exists() else ""
 
 
+@pytest.mark.slow
 def test_train_template_runs_two_cpu_processes_on_slurm(slurm_cluster, tmp_path):
     r, log = sbatch(slurm_cluster, "slurm/train.sh", tmp_path / "job.log", "--arch", "linear", "--width", "64",
                     "--epochs", "1", "--limit", LIMIT, "--run-dir", tmp_path / "run")
@@ -33,6 +29,7 @@ def test_train_template_runs_two_cpu_processes_on_slurm(slurm_cluster, tmp_path)
     assert metrics["processes"] == 2 and (tmp_path / "run" / "baseline.safetensors").is_file()
 
 
+@pytest.mark.slow
 def test_unlearn_template_with_the_accelerate_config_runs_two_cpu_processes_on_slurm(slurm_cluster, tmp_path):
     from test_scripts import TINY
     r, log = sbatch(slurm_cluster, "slurm/unlearn.sh", tmp_path / "job.log", *TINY, "--run-dir", tmp_path / "run",

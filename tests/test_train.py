@@ -40,21 +40,20 @@ def test_same_seed_same_numbers_on_cpu(accelerator):
 
 def test_retrain_baseline_never_sees_the_excluded_class_and_is_cached_apart(accelerator, monkeypatch):
     """``exclude`` (the ``retrain`` reference) trains without the class, under its own cache key."""
-    import sa_dist.baseline as baseline
+    import sa_dist.train as train
+    from sa_dist.cache import baseline_key, get_baseline
     from sa_dist.config import RunConfig, TrainConfig
-    from sa_dist.models import ModelConfig
-    from sa_dist.pipeline import baseline_key, get_baseline
 
     cfg = RunConfig(model=ModelConfig(arch="linear", width=32), train=TrainConfig(epochs=1, limit=500))
     seen = []
-    real_loaders = baseline.loaders
+    real_loaders = train.loaders
 
     def spy(*args, **kwargs):
         tr, te = real_loaders(*args, **kwargs)
         seen.extend(int(c) for loader in (tr, te) for _, y in loader for c in y.unique())
         return tr, te
 
-    monkeypatch.setattr(baseline, "loaders", spy)
+    monkeypatch.setattr(train, "loaders", spy)
     _, info = get_baseline(cfg, accelerator, exclude=(2,))
     assert not info["cached"] and 2 not in seen and set(seen) == set(range(10)) - {2}
     assert info["key"] != baseline_key(cfg) and info["key"] == baseline_key(cfg, (2,))

@@ -5,12 +5,13 @@ A method is a module ``sa_dist/methods/NAME.py`` with
     USES = ("lam", "gamma")      # the SAConfig fields it reads (a sweep varies only these for it)
     OVERRIDES = {"lam": 0.0}     # SAConfig fields it fixes (recorded in config.yaml and results.json)
     NEEDS_FISHER = True          # the pipeline computes (or loads) the Fisher before timing starts
+    MARKER = "o"                 # its marker in the sweep's trade-off plot
     def unlearn(ctx: Context) -> Outcome: ...
 
 Adding a method is adding one such file: the names come from the package's files, so ``--method`` (choices and
-validation) knows it at once. The pipeline gives every method the same baseline theta*, times ``unlearn`` and
-evaluates its model with the same evaluator, so all methods land in the same results.json schema.
-This module imports nothing heavy: ``config.py`` reads ``method_names()`` from it.
+validation), the sweep and the aggregate tables know it at once. The pipeline gives every method the same baseline
+theta*, times ``unlearn`` and evaluates its model with the same evaluator, so all methods land in the same
+results.json schema.
 """
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ import pkgutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
+
+from ..utils import UsageError
 
 
 def method_names() -> tuple[str, ...]:
@@ -59,6 +62,8 @@ class Method:
     uses: tuple = ()
     overrides: dict = field(default_factory=dict)
     needs_fisher: bool = False
+    marker: str = "o"
+    doc: str = ""  # the module's first docstring line
 
     def configure(self, cfg):
         """``cfg`` with this method's fixed SAConfig values (``no_ewc``: lam 0)."""
@@ -68,8 +73,8 @@ class Method:
 def get_method(name: str) -> Method:
     """The method named ``name`` (one of ``method_names()``)."""
     if name not in method_names():
-        from ..utils import UsageError
         raise UsageError(f"--method must be one of {', '.join(method_names())}, got {name!r}")
     mod = importlib.import_module(f"{__name__}.{name}")
     return Method(name, mod.unlearn, tuple(getattr(mod, "USES", ())), dict(getattr(mod, "OVERRIDES", {})),
-                  bool(getattr(mod, "NEEDS_FISHER", False)))
+                  bool(getattr(mod, "NEEDS_FISHER", False)), getattr(mod, "MARKER", "o"),
+                  (mod.__doc__ or "").strip().splitlines()[0])

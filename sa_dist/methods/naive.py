@@ -7,12 +7,13 @@ import math
 
 import torch
 
-from . import Context, Outcome
 from ..data import batch_loader, load_mnist
-from ..models import elbo
-from ..train import plain_copy, start_tracking, stop_tracking, wrap_model
+from ..models import negative_elbo, plain_copy
+from ..runtime import start_tracking, stop_tracking, wrap_model
+from . import Context, Outcome
 
 USES = ()
+MARKER = "X"
 MAX_GRAD_NORM = 1000.0
 
 
@@ -46,7 +47,7 @@ def unlearn(ctx: Context) -> Outcome:
     history, stopped = [], None
     good = {k: v.detach().clone() for k, v in inner.state_dict().items()}  # the last finite weights
     for step, (xb, cb) in zip(range(1, budget + 1), _cycle(loader)):
-        nelbo = elbo(net, xb, cb).mean()
+        nelbo = negative_elbo(net, xb, cb).mean()
         opt.zero_grad(set_to_none=True)
         acc.backward(-nelbo)  # ascent: maximise the forgotten images' negative ELBO
         gnorm = acc.clip_grad_norm_(net.parameters(), MAX_GRAD_NORM)

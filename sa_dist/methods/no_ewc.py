@@ -5,6 +5,7 @@ from . import Context, Outcome
 from .sa import run_sa
 
 USES = ("gamma",)
+MARKER = "v"
 OVERRIDES = {"lam": 0.0}
 
 

@@ -4,6 +4,7 @@ from . import Context, Outcome
 from .sa import run_sa
 
 USES = ("lam",)
+MARKER = "^"
 OVERRIDES = {"gamma": 0.0}
 NEEDS_FISHER = True
 

@@ -3,8 +3,9 @@ from . import Context, Outcome
 from .sa import run_sa
 
 USES = ("lam", "gamma")
+MARKER = "D"
 NEEDS_FISHER = True
 
 
 def unlearn(ctx: Context) -> Outcome:
-    return run_sa(ctx, ctx.fisher, alpha=0.0)
+    return run_sa(ctx, ctx.fisher, surrogate_weight=0.0)

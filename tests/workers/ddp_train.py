@@ -11,7 +11,8 @@ from accelerate.utils import set_seed
 from sa_dist.checkpoint import save_checkpoint
 from sa_dist.data import loaders
 from sa_dist.models import ModelConfig, build_model
-from sa_dist.train import make_accelerator, train_vae
+from sa_dist.runtime import make_accelerator
+from sa_dist.train import train_vae
 
 out = Path(sys.argv[1])
 arch = sys.argv[2] if len(sys.argv) > 2 else "conv"

@@ -11,8 +11,9 @@ import json
 import statistics
 from pathlib import Path
 
-from .config import METHODS
-from .utils import UserError, atomic_write_text, write_json
+from ..analysis.plots import save_png, subplots
+from ..methods import get_method, method_names
+from ..utils import UserError, atomic_write_text, write_json
 
 
 def find_runs(paths) -> list[Path]:
@@ -31,9 +32,8 @@ def find_runs(paths) -> list[Path]:
 
 
 def _uses(method: str) -> set:
-    from .methods import get_method
-
-    m = get_method(method) if method in METHODS else None
+    """The SAConfig fields a method reads or fixes (a method this install lacks: lambda and gamma)."""
+    m = get_method(method) if method in method_names() else None
     return set(m.uses) | set(m.overrides) if m else {"lam", "gamma"}
 
 
@@ -74,7 +74,8 @@ def add_retrain_ratio(rows: list[dict]) -> None:
 
 
 def _sort_key(r: dict):
-    order = METHODS.index(r["method"]) if r["method"] in METHODS else len(METHODS)
+    names = method_names()
+    order = names.index(r["method"]) if r["method"] in names else len(names)
     return (r["arch"], r["forget"], order, r["lam"] if r["lam"] is not None else -1, r["gamma"] or 0)
 
 
@@ -161,15 +162,10 @@ def write_summary(paths, prefix: str | Path, title: str = "") -> str:
     return md
 
 
-MARKERS = {"sa": "o", "retrain": "s", "naive": "X", "no_ewc": "v", "no_replay": "^", "replay_only": "D"}
-
-
 def tradeoff_plot(rows: list[dict], path, title: str = "") -> None:
     """Forgotten P(y=c_f) (log) against retained sample accuracy: a line over lambda for each series of one
     method/arch/classes with several lambdas, one marker for every other point, a star for the original."""
-    from .viz import _save, plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.8))
+    fig, ax = subplots(figsize=(7, 4.8))
     series: dict = {}
     for r in rows:
         series.setdefault((r["method"], r["arch"], tuple(r["forget"]), r["gamma"]), []).append(r)
@@ -178,7 +174,7 @@ def tradeoff_plot(rows: list[dict], path, title: str = "") -> None:
         label = f"{method} ({arch}, forget {','.join(map(str, forget))})"
         pts = sorted(rs, key=lambda r: r["lam"] if r["lam"] is not None else -1)
         xs, ys = [100 * r["retained_sample_acc"] for r in pts], [max(r["forgotten_p"], 1e-4) for r in pts]
-        line = ax.plot(xs, ys, marker=MARKERS.get(method, "o"), ls="-" if len(pts) > 1 else "none", label=label)[0]
+        line = ax.plot(xs, ys, marker=get_method(method).marker if method in method_names() else "o", ls="-" if len(pts) > 1 else "none", label=label)[0]
         if len(pts) > 1 or method == "sa":
             for x, y, r in zip(xs, ys, pts):
                 if r["lam"] is not None:
@@ -195,4 +191,4 @@ def tradeoff_plot(rows: list[dict], path, title: str = "") -> None:
     ax.set_title(title or "forgetting vs retention (better: down and right)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="best")
-    _save(fig, path)
+    save_png(fig, path)

@@ -1,22 +1,51 @@
-"""``scripts/attack.py``: the three attacks on a finished run's original, unlearned and ``retrain`` models, side by
+"""Is it really forgotten? ``scripts/attack.py``: the three attacks on a finished run's original, unlearned and ``retrain`` models, side by
 side, into ``DIR/results.json`` under ``attacks`` (merged, rewritten atomically by the main process) and figures
 under ``DIR/attacks/``."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Optional
 
 import torch
 
-from .attacks import KINDS, MODELS, AttackConfig, invert, probe, relearn
-from .checkpoint import load_checkpoint
-from .config import RunConfig, load_config
-from .data import load_mnist
-from .evaluator import get_evaluator
-from .pipeline import baseline_key, get_baseline
-from .report import load_results
-from .utils import UsageError, UserError, write_json
+from ..analysis.plots import image_grid, save_png, subplots
+from ..cache import baseline_key, get_baseline
+from ..checkpoint import load_checkpoint
+from ..config import RunConfig, load_config
+from ..data import load_mnist
+from ..evaluation.evaluator import get_evaluator
+from ..runs import load_results
+from ..runtime import make_accelerator
+from ..utils import UsageError, UserError, arg, write_json
+from .invert import invert
+from .probe import probe
+from .relearn import relearn
+
+KINDS = ("relearn", "invert", "probe")  # scripts/attack.py --kind
+MODELS = ("original", "unlearned", "retrain")  # attacked side by side
+
+
+@dataclass
+class AttackConfig:
+    target: Optional[int] = arg(None, "forgotten class to attack", shown="the run's first")
+    relearn_k: list = arg(help="real training images of the class per fine-tune", factory=lambda: [10, 100],
+                          nargs="+", type=int)
+    relearn_steps: int = arg(500, "most fine-tuning steps (the k images as one batch per step)")
+    relearn_lr: Optional[float] = arg(None, "Adam lr of the fine-tune", shown="the baseline's training lr")
+    relearn_samples: int = arg(1000, "samples of the target label scored at each scheduled step")
+    threshold: float = arg(0.5, "relearned once mean P(y=target) reaches this", flag="")
+    invert_restarts: int = arg(64, "inversion random starts, optimised together as one batch", flag="--restarts")
+    invert_steps: int = arg(200, "Adam steps per inversion start")
+    invert_lr: float = arg(0.05, "Adam lr on z and c", flag="")
+    invert_penalty: float = arg(0.01, "weight per nat of negative ELBO in the 'plausible' inversion",
+                                flag="--penalty")  # 1 nat of log P per 100 nats; a real digit costs ~100 nats
+    probe_folds: int = arg(5, "stratified cross-validation folds of the probe", flag="")
+    probe_n: Optional[int] = arg(None, "test images for the probe", shown="all")
+    seed: int = arg(0, "seed of images, latents and starts (the same for every model)")
+
+
 
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, dict]:
@@ -135,8 +164,6 @@ def run_attacks(run_dir: str | Path, kinds=KINDS, acfg: AttackConfig | None = No
                 original: str | None = None, retrain: str | None = None, accelerator=None) -> dict | None:
     """Load the run and its models, run ``kinds`` on each, merge into results.json; returns the attacks block
     (None off the main process)."""
-    from .train import make_accelerator
-
     run_dir, a = Path(run_dir), acfg or AttackConfig()
     cfg, results = load_run(run_dir)
     target = cfg.sa.forget[0] if a.target is None else a.target
@@ -166,10 +193,8 @@ def run_attacks(run_dir: str | Path, kinds=KINDS, acfg: AttackConfig | None = No
 
 
 def relearn_figure(block: dict, target: int, path: Path):
-    from .viz import _save, plt
-
     ks = block["settings"]["k"]
-    fig, axes = plt.subplots(1, len(ks), figsize=(4.5 * len(ks), 3.4), squeeze=False)
+    fig, axes = subplots(1, len(ks), figsize=(4.5 * len(ks), 3.4), squeeze=False)
     for ax, k in zip(axes[0], ks):
         for name, r in block["models"].items():
             cur = r[f"k{k}"]["curve"]
@@ -179,20 +204,18 @@ def relearn_figure(block: dict, target: int, path: Path):
                ylabel=f"mean P(y={target})", ylim=(-0.02, 1.02))
         ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def invert_figure(grids: dict, numbers: dict, target: int, path: Path):
-    from .viz import _grid, _save, plt
-
     names, variants = list(numbers), ["free", "plausible"]
-    fig, axes = plt.subplots(len(variants), len(names), figsize=(3.2 * len(names), 7.6), squeeze=False)
+    fig, axes = subplots(len(variants), len(names), figsize=(3.2 * len(names), 7.6), squeeze=False)
     for i, var in enumerate(variants):
         for j, name in enumerate(names):
             ax, r = axes[i][j], numbers[name][var]
-            ax.imshow(_grid(grids[(name, var)], 4), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(image_grid(grids[(name, var)], 4), cmap="gray", vmin=0, vmax=1)
             ax.set_title(f"{name}, {var}\nbest P {r['best_p']:.3f}, mean {r['mean_p']:.3f}", fontsize=9)
             ax.axis("off")
     fig.suptitle(f"condition inversion: best images for y={target}")
     fig.tight_layout(h_pad=1.5)
-    _save(fig, path)
+    save_png(fig, path)

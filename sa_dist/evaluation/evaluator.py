@@ -10,9 +10,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import load_tensors, save_tensors
-from .data import batch_loader, data_checksum, load_mnist
-from .utils import cache_root, stable_hash
+from ..checkpoint import load_tensors, save_tensors
+from ..data import batch_loader, data_checksum, load_mnist
+from ..utils import cache_root, stable_hash
 
 EVALUATOR_VERSION = 1
 

@@ -12,7 +12,10 @@ import html
 import json
 from pathlib import Path
 
-from .utils import UserError, atomic_write_text
+from ..runs import load_results
+from ..utils import atomic_write_text
+from .figures import FIGURES
+from .plots import plot_baseline_curves, plot_sa_curves
 
 KNOWN = {"config", "processes", "forget_classes", "before", "after", "surrogate", "summary", "evaluator", "baseline",
          "sa_history", "timing_s", "latent", "environment"}
@@ -118,8 +121,6 @@ def generic_section(value) -> list[dict]:
 
 
 def figure_blocks(run_dir: Path) -> list[dict]:
-    from .figures import FIGURES
-
     names = [n for n in FIGURES if (run_dir / n).is_file()]
     names += sorted(p.name for p in run_dir.glob("*.png") if p.name not in FIGURES)
     return [{"kind": "figure", "path": run_dir / n, "caption": FIGURES.get(n, n)} for n in names]
@@ -204,20 +205,8 @@ def render_md(title: str, secs) -> str:
                                       for t, blocks in secs)
 
 
-def load_results(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "results.json"
-    if not path.is_file():
-        raise UserError(f"{run_dir} holds no results.json (is it a run directory of scripts/unlearn.py?)")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path} is not valid JSON ({e.msg}, line {e.lineno})") from None
-
-
 def ensure_curves(run_dir: Path, r: dict) -> None:
     """Draw the curves from results.json when the run has none (runs written before figures existed)."""
-    from .viz import plot_baseline_curves, plot_sa_curves
-
     hist = (r.get("baseline") or {}).get("history")
     if hist and not (run_dir / "curves_baseline.png").is_file():
         plot_baseline_curves(hist, run_dir / "curves_baseline.png")

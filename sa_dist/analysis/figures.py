@@ -7,7 +7,13 @@ import platform
 import time
 from pathlib import Path
 
+import matplotlib.image as mpimg
 import torch
+from torch.utils.tensorboard import SummaryWriter
+
+from ..data import load_mnist
+from .latent import latent_block, plot_latent_manifold, plot_latent_space
+from .plots import before_after_grid, plot_baseline_curves, plot_sa_curves
 
 # file name -> what it shows; the report lists figures in this order (any other PNG in the run comes after)
 FIGURES = {
@@ -27,8 +33,6 @@ def make_figures(out_dir: str | Path, before, after, forget: list[int], data: tu
                  seed: int = 0, latent_method: str = "pca", n_silhouette: int = 5000) -> tuple[list[Path], dict]:
     """Write the figures of ``FIGURES`` that the inputs allow into ``out_dir``; return (paths, results.json's
     ``latent`` block). ``data``: the real test images and labels; models may be on any device."""
-    from .latent import latent_block, plot_latent_manifold, plot_latent_space
-    from .viz import before_after_grid, plot_baseline_curves, plot_sa_curves
 
     out = Path(out_dir)
     latent = latent_block(before, after, *data, forget, n=n_silhouette, seed=seed)
@@ -47,8 +51,6 @@ def make_figures(out_dir: str | Path, before, after, forget: list[int], data: tu
 def log_to_tensorboard(log_dir: str | Path, paths: list[Path], baseline_history: list | None = None) -> None:
     """Each figure as a TensorBoard image (tag ``figures/<name>``) and the baseline curves as scalars
     (``baseline/train_nelbo``, ``baseline/test_nelbo`` per epoch): the cached baseline's own logs live in the cache."""
-    import matplotlib.image as mpimg
-    from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(str(log_dir)) as w:
         for p in paths:
@@ -62,7 +64,6 @@ def log_to_tensorboard(log_dir: str | Path, paths: list[Path], baseline_history:
 def figures_for_run(run_dir: Path, results: dict, before, after, forget: list[int]) -> list[Path]:
     """The run's figures and TensorBoard copies from its results (baseline history, SA rows, surrogate floor);
     adds ``latent``, ``environment`` and ``timing_s.figures`` to ``results``."""
-    from .data import load_mnist
 
     t0, cfg = time.perf_counter(), results["config"]
     hist, rows = (results.get("baseline") or {}).get("history"), (results.get("sa_history") or {}).get("rows")
@@ -73,27 +74,6 @@ def figures_for_run(run_dir: Path, results: dict, before, after, forget: list[in
     log_to_tensorboard(Path(run_dir) / "tensorboard" / "figures", paths, hist)
     results.setdefault("timing_s", {})["figures"] = time.perf_counter() - t0
     results["environment"] = environment()
-    return paths
-
-
-def redraw_run(run_dir: str | Path, baseline: str | Path | None = None) -> list[Path]:
-    """Redraw a finished run's figures from ``unlearned.safetensors`` and its baseline (``baseline``, else the
-    cached one of results.json's ``baseline.key``), and rewrite its results.json with the new ``latent`` block."""
-    from .checkpoint import load_checkpoint
-    from .report import load_results
-    from .pipeline import baseline_path
-    from .utils import UserError, write_json
-
-    run_dir = Path(run_dir)
-    results = load_results(run_dir)
-    base = Path(baseline) if baseline else baseline_path(str((results.get("baseline") or {}).get("key")))
-    for p in (base, run_dir / "unlearned.safetensors"):
-        if not p.is_file():
-            raise UserError(f"{p} not found: redrawing needs the unlearned model and its baseline (--baseline FILE)")
-    before, _ = load_checkpoint(base)
-    after, _ = load_checkpoint(run_dir / "unlearned.safetensors", expect=before.cfg)
-    paths = figures_for_run(run_dir, results, before, after, results["forget_classes"])
-    write_json(run_dir / "results.json", results)
     return paths
 
 
@@ -113,14 +93,8 @@ def show_figures(paths: list[Path]) -> bool:
         pass
     if not os.environ.get("DISPLAY"):
         return False
-    import matplotlib
-    import matplotlib.image as mpimg
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # only here: pyplot picks an interactive backend for the display
 
-    try:
-        plt.switch_backend(matplotlib.rcParamsDefault["backend"])  # viz.py chose Agg for the files
-    except (ImportError, RuntimeError, ValueError):
-        return False
     for p in paths:
         plt.figure(figsize=(10, 6))
         plt.imshow(mpimg.imread(p))

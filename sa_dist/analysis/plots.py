@@ -1,39 +1,47 @@
-"""Figures: titled sample grids, and the before/after grid with the forgotten rows marked."""
+"""Plotting helpers and the basic figures: titled sample grids, the before/after grid with the forgotten rows
+marked, and the training curves. Figures are matplotlib ``Figure`` objects written straight to PNG: no pyplot, so
+no backend is switched and no display is needed."""
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
-import matplotlib
 import matplotlib.ticker
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from torchvision.utils import make_grid
 
-matplotlib.use("Agg")  # no display needed; figures are files (and TensorBoard images)
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torchvision.utils import make_grid  # noqa: E402
-
-from .utils import atomic_write_bytes  # noqa: E402
+from ..utils import atomic_write_bytes
 
 
-def _save(fig, path: str | Path | None, dpi: int = 150):
+def subplots(nrows: int = 1, ncols: int = 1, *, figsize: tuple[float, float], **kwargs):
+    """A new figure and its axes (``Figure.subplots``' arguments)."""
+    fig = Figure(figsize=figsize)
+    return fig, fig.subplots(nrows, ncols, **kwargs)
+
+
+def save_png(fig: Figure, path: str | Path | None, dpi: int = 150) -> None:
+    """Write ``fig`` as a PNG (atomically); ``path`` None draws nothing."""
     if path is not None:
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
         atomic_write_bytes(path, buf.getvalue())
-    plt.close(fig)
 
 
-def _grid(images: torch.Tensor, nrow: int) -> torch.Tensor:
-    return make_grid(images.detach().cpu().float(), nrow=nrow, padding=2, pad_value=1.0)[0].numpy()  # (H, W)
+def image_grid(images: torch.Tensor, nrow: int) -> np.ndarray:
+    """Images ``(N, 1, 28, 28)`` as one grey ``(H, W)`` array, ``nrow`` per row, 2-pixel white gaps."""
+    return make_grid(images.detach().cpu().float(), nrow=nrow, padding=2, pad_value=1.0)[0].numpy()
 
 
 def show_grid(images: torch.Tensor, title: str, path: str | Path | None = None, nrow: int = 10):
     """A titled grid of ``images`` ``(N, 1, 28, 28)`` in [0, 1], saved as a 150-dpi PNG when ``path`` is given."""
-    fig, ax = plt.subplots(figsize=(nrow * 0.45, (len(images) + nrow - 1) // nrow * 0.45 + 0.6))
-    ax.imshow(_grid(images, nrow), cmap="gray", vmin=0, vmax=1)
+    fig, ax = subplots(figsize=(nrow * 0.45, (len(images) + nrow - 1) // nrow * 0.45 + 0.6))
+    ax.imshow(image_grid(images, nrow), cmap="gray", vmin=0, vmax=1)
     ax.set_title(title)
     ax.axis("off")
-    _save(fig, path)
+    save_png(fig, path)
 
 
 @torch.no_grad()
@@ -50,24 +58,24 @@ def class_rows(model, n_per_class: int = 10, seed: int = 0) -> torch.Tensor:
 def before_after_grid(before, after, forget: list[int], path: str | Path | None = None, seed: int = 0,
                       title: str = "Selective Amnesia"):
     """Samples before and after side by side, one row per class, forgotten rows marked in red."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 5.6))
+    fig, axes = subplots(1, 2, figsize=(10, 5.6))
     for ax, model, name in zip(axes, (before, after), ("before (original)", "after SA")):
-        ax.imshow(_grid(class_rows(model, seed=seed), 10), cmap="gray", vmin=0, vmax=1)
+        ax.imshow(image_grid(class_rows(model, seed=seed), 10), cmap="gray", vmin=0, vmax=1)
         ax.set_title(name)
         ax.set_xticks([])
         ax.set_yticks([2 + 15 + 30 * c for c in range(10)], [str(c) for c in range(10)])
         ax.set_ylabel("class label c")
         for c in forget:
-            ax.add_patch(plt.Rectangle((0.5, 30 * c + 0.5), 300, 30, fill=False, ec="red", lw=2))
+            ax.add_patch(Rectangle((0.5, 30 * c + 0.5), 300, 30, fill=False, ec="red", lw=2))
             ax.get_yticklabels()[c].set_color("red")
     fig.suptitle(f"{title}: forgotten {', '.join(map(str, forget))} (red)")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def plot_baseline_curves(history: list[dict], path: str | Path | None = None):
     """Baseline train and test negative ELBO per epoch (``history`` rows: epoch, train_nelbo, test_nelbo)."""
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     ep = [r["epoch"] for r in history]
     for key, name in (("train_nelbo", "train"), ("test_nelbo", "test")):
         ax.plot(ep, [r[key] for r in history], marker="o" if len(ep) < 20 else None, ms=3, label=name)
@@ -77,7 +85,7 @@ def plot_baseline_curves(history: list[dict], path: str | Path | None = None):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 SA_TERMS = (("surrogate_nelbo", "surrogate: -ELBO on q(x|c_f)"), ("replay_nelbo", "replay: -ELBO on p(x|θ*,c_r)"),
@@ -87,7 +95,7 @@ SA_TERMS = (("surrogate_nelbo", "surrogate: -ELBO on q(x|c_f)"), ("replay_nelbo"
 def plot_sa_curves(rows: list[dict], path: str | Path | None = None, floor: float | None = None):
     """The three SA terms per step, one panel each (their scales differ by orders of magnitude); ``floor``: the
     surrogate's best possible negative ELBO (uniform noise: 784 ln 2): the surrogate panel then shows the gap to it."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    fig, axes = subplots(1, 3, figsize=(13, 3.8))
     steps = [r["step"] for r in rows]
     for ax, (key, name), color in zip(axes, SA_TERMS, ("tab:red", "tab:blue", "tab:green")):
         vals, ylabel = [r[key] for r in rows], "nats" if key != "ewc" else "penalty (before λ)"
@@ -108,4 +116,4 @@ def plot_sa_curves(rows: list[dict], path: str | Path | None = None, floor: floa
         ax.legend(fontsize=8)
     fig.suptitle("Selective Amnesia: the three terms of the objective per step")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)

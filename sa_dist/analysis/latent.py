@@ -14,10 +14,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from sklearn.metrics import silhouette_samples
 
-from .viz import _grid, _save, plt
+from ..utils import UsageError
+from .plots import image_grid, save_png, subplots
 
 
 def subset(x: torch.Tensor, y: torch.Tensor, n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,8 +44,6 @@ def latent_means(model, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> 
 
 def silhouette_by_class(mu: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Per-class mean silhouette of the points ``mu`` labelled ``y`` (-1 worst, 1 best)."""
-    from sklearn.metrics import silhouette_samples
-
     s = silhouette_samples(mu, y)
     return {str(int(c)): float(s[y == c].mean()) for c in np.unique(y)}
 
@@ -79,16 +82,11 @@ def drift_by_class(mu_before: np.ndarray, mu_after: np.ndarray, y: np.ndarray) -
 def _project(mus: list[np.ndarray], method: str, seed: int) -> list[np.ndarray]:
     """2-D coordinates: PCA fitted on the first set and applied to all (one shared frame), or one joint t-SNE."""
     if method == "pca":
-        from sklearn.decomposition import PCA
-
         pca = PCA(2, random_state=seed).fit(mus[0])
         return [pca.transform(m) for m in mus]
     if method == "tsne":
-        from sklearn.manifold import TSNE
-
         both = TSNE(2, init="pca", random_state=seed, perplexity=30).fit_transform(np.concatenate(mus))
         return np.split(both, np.cumsum([len(m) for m in mus])[:-1])
-    from .utils import UsageError
     raise UsageError(f"latent projection must be pca or tsne, got {method!r}")
 
 
@@ -102,8 +100,8 @@ def plot_latent_space(model, data: tuple[torch.Tensor, torch.Tensor], forget: li
     models = [("before (original)", "before", model)] + ([("after SA", "after", after)] if after is not None else [])
     coords = _project([latent_means(m, xs, ys) for _, _, m in models], method, seed)
     y = ys.numpy()
-    cmap = plt.get_cmap("tab10")
-    fig, axes = plt.subplots(1, len(models), figsize=(6.2 * len(models), 5.6), squeeze=False,
+    cmap = matplotlib.colormaps["tab10"]
+    fig, axes = subplots(1, len(models), figsize=(6.2 * len(models), 5.6), squeeze=False,
                              sharex=method == "pca", sharey=method == "pca")
     for ax, (name, key, _), xy in zip(axes[0], models, coords):
         for c in sorted(set(y.tolist()), key=lambda c: c in forget):  # forgotten last: on top
@@ -122,7 +120,7 @@ def plot_latent_space(model, data: tuple[torch.Tensor, torch.Tensor], forget: li
     fig.suptitle(f"Latent means of {len(xs)} test images ({method.upper()}), forgotten "
                  f"{', '.join(map(str, forget)) or 'none'} highlighted")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)
 
 
 def traversal_axes(model, data: tuple[torch.Tensor, torch.Tensor] | None, dims: tuple[int, int] | None,
@@ -133,8 +131,6 @@ def traversal_axes(model, data: tuple[torch.Tensor, torch.Tensor] | None, dims: 
     if dims is not None or data is None:
         d = dims or (0, 1)
         return torch.eye(model.z_dim)[list(d)], [f"z[{d[0]}]", f"z[{d[1]}]"]
-    from sklearn.decomposition import PCA
-
     pca = PCA(2, random_state=seed).fit(latent_means(model, *subset(*data, n, seed)))
     return torch.from_numpy(pca.components_).float(), ["PC 1 of latent means", "PC 2 of latent means"]
 
@@ -158,14 +154,14 @@ def plot_latent_manifold(model, label: int | list[int], after=None, data=None, d
     labels = [label] if isinstance(label, int) else list(label)
     axes_z, names = traversal_axes(model, data, dims)
     models = [("before (original)", model)] + ([("after SA", after)] if after is not None else [])
-    fig, axs = plt.subplots(len(labels), len(models), figsize=(4.6 * len(models), 4.6 * len(labels)),
+    fig, axs = subplots(len(labels), len(models), figsize=(4.6 * len(models), 4.6 * len(labels)),
                             squeeze=False)
     px = 30 * steps  # grid pixels per side (28 + 2 padding per image)
     ticks = [2 + 14 + 30 * i for i in (0, steps // 2, steps - 1)]
     for r, c in enumerate(labels):
         for k, (name, m) in enumerate(models):
             ax = axs[r, k]
-            ax.imshow(_grid(traversal(m, c, axes_z, steps, span), steps), cmap="gray", vmin=0, vmax=1,
+            ax.imshow(image_grid(traversal(m, c, axes_z, steps, span), steps), cmap="gray", vmin=0, vmax=1,
                       extent=(0, px + 2, px + 2, 0))
             tag = " (forgotten)" if c in forget else " (retained)" if forget else ""
             ax.set_title(f"label {c}{tag}: {name}", fontsize=10, color="red" if c in forget else "black")
@@ -175,4 +171,4 @@ def plot_latent_manifold(model, label: int | list[int], after=None, data=None, d
             ax.set_ylabel(names[1])
     fig.suptitle(f"Decoder traversal, {steps}x{steps} latent grid in [-{span:g}, {span:g}]")
     fig.tight_layout()
-    _save(fig, path)
+    save_png(fig, path)

@@ -2,15 +2,11 @@
 how close the forgotten classes came to their surrogate (the ``results.json`` schema)."""
 from __future__ import annotations
 
-import math
-
 import torch
 
+from ..models import CVAE, negative_elbo
+from ..surrogate import get_surrogate
 from .evaluator import entropy, score
-from .models import CVAE, elbo
-from .sa import surrogate_images
-
-UNIFORM_FLOOR = 784 * math.log(2)  # best negative ELBO of U[0,1]^784 under a Bernoulli decoder: 543.4 nats
 
 
 @torch.no_grad()
@@ -22,7 +18,7 @@ def test_nelbo(model: CVAE, x: torch.Tensor, c: torch.Tensor, seed: int = 0, bat
     out = []
     for i in range(0, len(x), batch):
         eps = torch.randn(len(x[i:i + batch]), model.z_dim, generator=gen)
-        out.append(elbo(model, x[i:i + batch].to(dev), c[i:i + batch].to(dev), eps.to(dev)).cpu())
+        out.append(negative_elbo(model, x[i:i + batch].to(dev), c[i:i + batch].to(dev), eps.to(dev)).cpu())
     return torch.cat(out)
 
 
@@ -45,30 +41,20 @@ def class_metrics(model: CVAE, evaluator, x_test, y_test, n_samples: int = 1000,
     return {"per_class": out}
 
 
-def ideal_image(kind: str, original: CVAE, gen: torch.Generator) -> torch.Tensor:
-    """What a perfectly forgotten model outputs: the surrogate's mean image (grey, black, class K's samples)."""
-    if kind == "uniform":
-        return torch.full((1, 1, 28, 28), 0.5)
-    if kind == "blank":
-        return torch.zeros(1, 1, 28, 28)
-    if kind.startswith("class:"):
-        return original.sample(1000, int(kind.split(":")[1]), generator=gen).cpu()
-    return surrogate_images(kind, 1000, gen).mean(0, keepdim=True)
-
-
 @torch.no_grad()
 def surrogate_metrics(kind: str, forget: list[int], before: CVAE, after: CVAE, evaluator,
                       n: int = 1000, seed: int = 0) -> dict:
-    """The ``surrogate`` block of results.json (see README, "results.json")."""
+    """The ``surrogate`` block of results.json (docs/outputs.md): the evaluator on the surrogate's ideal output
+    (what a perfectly forgotten model generates) and on raw samples, and their negative ELBO before and after."""
     gen = torch.Generator().manual_seed(seed + 1)
-    raw = surrogate_images(kind, n, gen, before, forget)
+    surrogate = get_surrogate(kind, forget, before.n_classes)
+    raw = surrogate.sample(n, gen, before)
     labels = torch.tensor(forget)[torch.arange(n) % len(forget)]
-    floor = {"uniform": UNIFORM_FLOOR, "blank": 0.0}.get(kind)
     return {"kind": kind,
-            "ideal": _prob_stats(score(evaluator, ideal_image(kind, before, gen)), forget),
+            "ideal": _prob_stats(score(evaluator, surrogate.ideal(before, gen)), forget),
             "samples": _prob_stats(score(evaluator, raw), forget),
             "nelbo": {"before": test_nelbo(before, raw, labels, seed).mean().item(),
-                      "after": test_nelbo(after, raw, labels, seed).mean().item(), "floor": floor}}
+                      "after": test_nelbo(after, raw, labels, seed).mean().item(), "floor": surrogate.floor}}
 
 
 def summarize(results: dict) -> dict:

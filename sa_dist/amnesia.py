@@ -1,0 +1,152 @@
+"""Selective Amnesia, the training loop: minimise ``objective.sa_objective`` from theta* under Accelerate.
+
+The data of both expectations is generated, never real: the surrogate dataset samples q(x|c_f) for the forgotten
+labels, the replay dataset samples a frozen copy of theta* for the retained ones. Each process draws its own share
+of both (n_replay / processes, its own seed); DDP averages the gradients.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from .config import RunConfig, validate
+from .data import TensorBatches, batch_loader
+from .models import CVAE, plain_copy
+from .objective import sa_objective
+from .resume import Checkpointer, inject
+from .runtime import check_finite, start_tracking, stop_tracking, wrap_model
+from .surrogate import get_surrogate
+
+TERMS = ("surrogate_nelbo", "replay_nelbo", "ewc", "loss")  # a history row's floats, as SATerms' fields
+
+
+def _labels(classes: list[int], n: int, gen: torch.Generator) -> torch.Tensor:
+    return torch.tensor(classes)[torch.randint(len(classes), (n,), generator=gen)]  # (n,)
+
+
+def surrogate_dataset(kind: str, n: int, forget: list[int] = (2,), model: CVAE | None = None,
+                      seed: int = 0) -> TensorBatches:
+    """(x, c) pairs of the surrogate q(x|c_f) named ``kind``, labels uniform over the forgotten classes."""
+    gen = torch.Generator().manual_seed(seed)
+    c = _labels(list(forget), n, gen)
+    return TensorBatches(get_surrogate(kind, forget, model.n_classes if model else 10).sample(n, gen, model), c)
+
+
+@torch.no_grad()
+def replay_dataset(model: CVAE, forget: list[int], n: int, seed: int = 0, batch: int = 1000) -> TensorBatches:
+    """(x, c) pairs from p(x|theta*, c_r): decoder means of the frozen original for the retained classes."""
+    gen = torch.Generator().manual_seed(seed)
+    keep = [c for c in range(model.n_classes) if c not in forget]
+    c = _labels(keep, n, gen)
+    model.eval()
+    x = torch.cat([model.sample(len(c[i:i + batch]), c[i:i + batch], generator=gen).cpu()
+                   for i in range(0, n, batch)])
+    return TensorBatches(x, c)
+
+
+@torch.no_grad()
+def reset_label_inputs(model: CVAE, classes: list[int], seed: int = 0) -> CVAE:
+    """A copy of ``model`` whose weights reading the one-hot inputs of ``classes`` (the encoder's and the decoder's
+    first layer) are drawn afresh from PyTorch's default init, as in a model that never saw those labels. Nothing
+    else changes, so the other labels' outputs are exactly the same."""
+    gen = torch.Generator().manual_seed(seed)
+    out = copy.deepcopy(model)
+    first = {"conv": ((out.enc[0], 1), (out.dec[0], out.z_dim)), "linear": ((out.enc[0], 784), (out.dec[0], out.z_dim))}
+    for layer, offset in first[out.cfg.arch]:
+        w = layer.weight  # Linear/Conv2d: (out, in, ...); ConvTranspose2d: (in, out, ...)
+        bound = 1 / math.sqrt(nn.init._calculate_fan_in_and_fan_out(w)[0])
+        for c in classes:
+            view = w[offset + c] if isinstance(layer, nn.ConvTranspose2d) else w[:, offset + c]
+            view.copy_((torch.rand(view.shape, generator=gen) * 2 - 1) * bound)
+    return out
+
+
+def _data(frozen: CVAE, cfg: RunConfig, rank: int, world: int):
+    """This process's replay and surrogate loaders: one surrogate batch per replay batch."""
+    s, seed = cfg.sa, cfg.train.seed
+    share, local_batch = math.ceil(s.n_replay / world), max(1, s.batch // world)
+    local_sb = max(1, s.surrogate_batch // world)
+    replay = replay_dataset(frozen, s.forget, share, seed=seed * 7919 + 2 * rank)
+    replay = batch_loader(*replay.tensors, batch=local_batch, shuffle=True, seed=seed + rank)
+    surr = surrogate_dataset(s.surrogate, len(replay) * local_sb, s.forget, frozen, seed=seed * 7919 + 2 * rank + 1)
+    surr = batch_loader(*surr.tensors, batch=local_sb, shuffle=True, seed=seed + rank + 10_000)
+    return replay, surr
+
+
+def _steps(replay, surr, sa_epochs: int, ckpt):
+    """(iterator of every step's (replay, surrogate) batches, history, steps done). On a resume the shuffles are
+    replayed up to the saved step (nothing computed) and the saved state is loaded; a state is saved every SA epoch."""
+    meta = ckpt.load_meta() or {"step": 0, "history": []}
+    ckpt.every = len(replay)
+    batches = ((r, q) for _ in range(sa_epochs) for r, q in zip(replay, surr))
+    for _ in range(meta["step"]):
+        next(batches)
+    if meta["step"]:
+        ckpt.restore()
+    return batches, meta["history"], meta["step"]
+
+
+def selective_amnesia(model: CVAE, fisher: dict, accelerator, cfg: RunConfig, *, log_dir: str | Path | None = None,
+                      checkpointer: Checkpointer | None = None, surrogate_weight: float = 1.0):
+    """Minimise the SA objective from theta* = ``model`` with the settings of ``cfg`` (``cfg.sa``: forget, lam,
+    gamma, lr, batches, surrogate; ``cfg.train.seed``); return (unlearned plain model, history of float rows).
+
+    An SA epoch is one pass over the replay set of ``n_replay`` samples, each step pairing a replay batch with a
+    surrogate batch. Batch norm stays in eval mode (theta*'s running statistics on real data are kept), so the
+    objective is the very function whose Fisher was taken, and a sample's loss does not depend on its batch.
+    ``cfg.sa.reset_label``: start from ``reset_label_inputs`` (theta* too). ``checkpointer`` saves a resumable
+    state every SA epoch and on SIGINT/SIGTERM, and resumes from one. ``surrogate_weight`` 0: replay_only."""
+    cfg = validate(cfg)
+    s, seed = cfg.sa, cfg.train.seed
+    set_seed(seed)
+    if s.reset_label:
+        model = reset_label_inputs(model, s.forget, seed)
+    frozen = plain_copy(model).to(accelerator.device).requires_grad_(False)  # p(x|theta*), never wrapped
+    names = [name for name, _ in frozen.named_parameters()]
+    theta_star = [p.detach().float().clone() for p in frozen.parameters()]
+    fisher = [fisher[name].to(accelerator.device, torch.float32) for name in names]
+    replay, surr = _data(frozen, cfg, accelerator.process_index, accelerator.num_processes)
+    net = wrap_model(accelerator, copy.deepcopy(frozen).requires_grad_(True), cfg.sync_bn)
+    opt = torch.optim.Adam(net.parameters(), lr=s.lr)
+    net, opt = accelerator.prepare(net, opt)
+    if log_dir is not None:
+        start_tracking(accelerator, log_dir, "sa", asdict(cfg))
+    ckpt = checkpointer or Checkpointer(accelerator, None, "sa")
+    batches, history, step = _steps(replay, surr, s.sa_epochs, ckpt)
+    objective = dict(fisher=fisher, theta_star=theta_star, lam=s.lam, gamma=s.gamma, surrogate_weight=surrogate_weight)
+    _loop(net, opt, accelerator, batches, history, step, ckpt, objective, s.sa_epochs * len(replay))
+    if log_dir is not None:
+        stop_tracking(accelerator)
+    ckpt.finish()
+    return plain_copy(accelerator.unwrap_model(net)), history
+
+
+def _loop(net, opt, accelerator, batches, history: list, step: int, ckpt, objective: dict, total: int) -> None:
+    """The SA steps: objective, a finite check of every term, the update, a float row per step."""
+    dev, rank = accelerator.device, accelerator.process_index
+    bar = tqdm(total=total, initial=step, desc="selective amnesia", disable=not accelerator.is_local_main_process)
+    net.eval()  # batch norm frozen: see selective_amnesia
+    with ckpt.catching_signals(), bar:  # the bar ends its line also when a fault stops the loop
+        for (xr, cr), (xs, cs) in batches:
+            step += 1
+            terms = sa_objective(net, (xs.to(dev), cs.to(dev)), (xr.to(dev), cr.to(dev)), **objective)
+            row = {"step": step, **dict(zip(TERMS, (t.item() for t in terms)))}
+            row["surrogate_nelbo"] = inject("sa", step, rank, row["surrogate_nelbo"])
+            for term in TERMS:
+                check_finite(row[term], step, f"SA {term}", ckpt)
+            opt.zero_grad(set_to_none=True)
+            accelerator.backward(terms.total)
+            opt.step()
+            history.append(row)
+            accelerator.log({f"sa/{k}": v for k, v in row.items() if k != "step"}, step=step)
+            bar.set_postfix(surrogate=f"{row['surrogate_nelbo']:.1f}", replay=f"{row['replay_nelbo']:.1f}",
+                            ewc=f"{row['ewc']:.3g}", refresh=False)  # drawn by update at tqdm's rate
+            bar.update(1)
+            ckpt.after_step(step, lambda: {"history": history})

@@ -1,0 +1,83 @@
+"""The cache of what runs share (``$SA_DIST_CACHE``): baselines theta* (and models retrained without classes) and
+their diagonal Fisher, each keyed by everything that shapes it, so a changed config never reuses a stale entry.
+A missing entry is computed by all processes and written by the main one."""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from .checkpoint import FORMAT_VERSION, load_checkpoint, load_fisher, read_metadata, save_checkpoint, save_fisher
+from .data import data_checksum
+from .fisher import diag_fisher
+from .train import train_baseline
+from .utils import cache_root, stable_hash
+
+
+def baseline_key(cfg, exclude: tuple[int, ...] = ()) -> str:
+    """Cache key: model and training config, mixed precision, data checksum, checkpoint format, excluded classes."""
+    spec = {"model": asdict(cfg.model), "train": asdict(cfg.train), "mp": cfg.mixed_precision,
+            "data": data_checksum(), "format": FORMAT_VERSION}
+    if exclude:  # absent for the full baseline, so its key (and cache) is unchanged
+        spec["exclude"] = sorted(set(exclude))
+    return stable_hash(spec)
+
+
+def baseline_path(key: str) -> Path:
+    """Where the baseline cached under ``key`` lives."""
+    return cache_root() / "baselines" / key / "baseline.safetensors"
+
+
+def save_baseline(path: Path, model, history: list, seconds: float, cfg) -> None:
+    """The checkpoint with its training seconds, history and run config in the metadata (main process)."""
+    save_checkpoint(path, model, extra={"seconds": seconds, "history": history, "config": asdict(cfg)})
+
+
+def get_baseline(cfg, accelerator, checkpoint: str | None = None, exclude: tuple[int, ...] = (), ckpt=None):
+    """(model, info) for the ``RunConfig`` ``cfg``: from ``checkpoint``, from the cache, or trained now (all
+    processes) and cached. ``exclude``: train without those classes (the ``retrain`` reference), cached under its
+    own key. ``ckpt``: the ``resume.Checkpointer`` of that training."""
+    if checkpoint:
+        model, _ = load_checkpoint(checkpoint, expect=cfg.model)
+        key = hashlib.sha256(Path(checkpoint).read_bytes()).hexdigest()[:16]
+        return model, {"key": key, "seconds": None, "cached": True, "history": None}
+    key = baseline_key(cfg, exclude)
+    path = baseline_path(key)
+    if path.is_file():
+        model, meta = load_checkpoint(path, expect=cfg.model)
+        return model, {"key": key, "seconds": float(meta["seconds"]), "cached": True,
+                       "history": json.loads(meta["history"])}
+    model, history, seconds = train_baseline(cfg, accelerator, path.parent / "tensorboard", exclude, ckpt)
+    if accelerator.is_main_process:
+        save_baseline(path, model, history, seconds, cfg)
+    accelerator.wait_for_everyone()
+    return model, {"key": key, "seconds": seconds, "cached": False, "history": history}
+
+
+def fisher_key(cfg, base_key: str) -> str:
+    """Cache key of the Fisher: the baseline's key (config, data, format), samples, seed, batch, format."""
+    return stable_hash({"baseline": base_key, "n": cfg.sa.n_fisher, "seed": cfg.train.seed,
+                        "batch": cfg.sa.fisher_batch, "format": FORMAT_VERSION})
+
+
+def fisher_path(key: str) -> Path:
+    return cache_root() / "fisher" / f"fisher-{key}.safetensors"
+
+
+def get_fisher(cfg, model, base_key: str, accelerator):
+    """(fisher, seconds, cached): the diagonal Fisher of the baseline, cached by baseline, samples and seed.
+    ``seconds`` is what computing it took, also when it comes from the cache."""
+    path = fisher_path(fisher_key(cfg, base_key))
+    if path.is_file():
+        return load_fisher(path, model), float(read_metadata(path).get("seconds", "nan")), True
+    t0 = time.perf_counter()
+    fisher = diag_fisher(model.to(accelerator.device), cfg.sa.n_fisher, seed=cfg.train.seed,
+                         batch=cfg.sa.fisher_batch, accelerator=accelerator)
+    seconds = time.perf_counter() - t0
+    if accelerator.is_main_process:
+        save_fisher(path, fisher, {"n_samples": cfg.sa.n_fisher, "seed": cfg.train.seed, "baseline": base_key,
+                                   "seconds": seconds})
+    accelerator.wait_for_everyone()
+    return fisher, seconds, False

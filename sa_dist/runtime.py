@@ -1,0 +1,92 @@
+"""The runtime every stage shares: the one Accelerator factory, TensorBoard tracking, and the DDP helpers
+(batch norm over processes, stopping on a non-finite loss). Nothing here knows about cVAEs or configs."""
+from __future__ import annotations
+
+import math
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
+
+from .utils import UsageError, UserError
+
+
+class NonFiniteLoss(UserError):
+    """A NaN or Inf loss: training stops, naming the step and the term."""
+
+
+def make_accelerator(cpu: bool | None = None, mixed_precision: str = "no", project_dir: str | None = None):
+    """One Accelerator per process. CPU unless CUDA is there; TensorBoard logs under ``project_dir``.
+    ``$SA_DIST_TIMEOUT`` (seconds, default 1800): a collective waiting longer on a stuck process fails the job.
+    A prepared loader's batch size is the global batch, split over the processes (``split_batches``), so a run
+    takes the same steps per epoch on any number of processes."""
+    if cpu is None:
+        cpu = not torch.cuda.is_available()
+    if cpu and mixed_precision == "fp16":  # Accelerate would silently run float32
+        raise UsageError("--mixed-precision fp16 needs a GPU; on CPU use bf16 or no")
+    project_dir = str(project_dir or Path.cwd() / "runs")
+    timeout = timedelta(seconds=float(os.environ.get("SA_DIST_TIMEOUT", 1800)))  # a stuck collective fails after it
+    return Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with="tensorboard",
+                       project_config=ProjectConfiguration(project_dir=project_dir, logging_dir=project_dir),
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, split_batches=True),
+                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
+
+
+def start_tracking(accelerator: Accelerator, log_dir: str | Path, name: str, config: dict | None = None):
+    """TensorBoard event files go to ``log_dir/name`` (main process only)."""
+    accelerator.project_configuration.logging_dir = str(log_dir)
+    accelerator.trackers = []
+    accelerator.init_trackers(name, config=_flat(config) if config else None)
+
+
+def stop_tracking(accelerator: Accelerator):
+    for tracker in accelerator.trackers:
+        tracker.finish()
+    accelerator.trackers = []
+
+
+def tb_writer(accelerator: Accelerator):
+    """The SummaryWriter, or None off the main process / without tracking."""
+    if not accelerator.is_main_process or not accelerator.trackers:
+        return None
+    return accelerator.get_tracker("tensorboard", unwrap=True)
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def check_finite(value: float, step: int, term: str, ckpt) -> None:
+    """A NaN/Inf ``value`` stops the run, naming the step, the term and where ``ckpt`` (a ``resume.Checkpointer``)
+    kept the last good state."""
+    if not math.isfinite(value):
+        raise NonFiniteLoss(f"non-finite {term} ({value}) at step {step}; stopped, {ckpt.where_kept()}")
+
+
+def wrap_model(accelerator: Accelerator, model: nn.Module, sync_bn: bool = True) -> nn.Module:
+    """With ``sync_bn`` and several CUDA processes, batch norm becomes SyncBatchNorm (statistics over the global
+    batch). PyTorch's SyncBatchNorm refuses CPU tensors; on CPU ranks ``train_vae`` averages the running
+    statistics over ranks after every epoch instead (``average_buffers``)."""
+    if sync_bn and accelerator.num_processes > 1 and accelerator.device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model
+
+
+@torch.no_grad()
+def average_buffers(accelerator: Accelerator, model: nn.Module) -> None:
+    """Average batch-norm running statistics over processes, so every rank ends with the same state."""
+    if accelerator.num_processes == 1:
+        return
+    for buf in accelerator.unwrap_model(model).buffers():
+        if buf.is_floating_point():
+            buf.copy_(accelerator.reduce(buf.clone(), reduction="mean"))
