@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The full comparison behind the README's "Compare" results; writes benchmarks/results/.
+# The full comparison behind docs/results.md ("Compare"); writes benchmarks/results/.
 #   bash benchmarks/compare.sh            # OUT=runs/bench by default; finished points are kept (it resumes)
 # Every point is one scripts/unlearn.py run (default flags) on the cached default baselines and Fisher, run by
 # scripts/sweep.py; points shared by several tables (conv, sa, forget 2, lambda 1) run once.

@@ -1,4 +1,4 @@
-"""Summarise finished runs against the bars of "Selective Amnesia" (issue #3); prints JSON, or Markdown with --md.
+"""Summarise finished runs against the acceptance bars (docs/results.md); prints JSON, or Markdown with --md.
 
     python benchmarks/sa_table.py RUN_DIR [RUN_DIR ...] [--md]
 """

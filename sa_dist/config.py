@@ -1,6 +1,6 @@
 """Typed run configuration: dataclasses with YAML in and out, the checks on user input, and each field's one line
 of help. Every default lives here once: the scripts' flags, their --help and docs/flags.md are generated from these
-fields (``cli.py``), and the comment beside a default says why it is that value."""
+fields (``cli/flags.py``), and the comment beside a default says why it is that value."""
 from __future__ import annotations
 
 import math

@@ -2,7 +2,8 @@
 dataclasses; a sweep hands every number to its points exactly."""
 import pytest
 
-from conftest import ROOT, run_script
+from conftest import ROOT
+from sa_dist.cli import compute_fisher
 from sa_dist.cli.flags import Parser, add_config_args, config_fields, config_from_args, flags_markdown, shown_default
 from sa_dist.config import RunConfig, SAConfig, TrainConfig, validate
 from sa_dist.methods import get_method, method_names
@@ -31,9 +32,9 @@ def test_docs_flag_table_is_generated_from_the_config():
 
 
 def test_compute_fisher_defaults_are_unlearns():
-    out = run_script(ROOT / "scripts" / "compute_fisher.py", "--help").stdout
-    assert f"(default {SAConfig().n_fisher}" in out and f"(default {TrainConfig().seed}" in out
-    assert f"(default {SAConfig().fisher_batch})" in out
+    args = compute_fisher.parser().parse_args(["--checkpoint", "c", "--out", "o"])
+    assert (args.n_samples, args.seed, args.batch) == (SAConfig().n_fisher, TrainConfig().seed, SAConfig().fisher_batch)
+    assert f"(default {SAConfig().n_fisher}" in compute_fisher.parser().format_help()
 
 
 @pytest.mark.parametrize("lam", [0.1, 1e-7, 1.0000001e-7, 3.141592653589793, 100.0, 0.30000000000000004])

@@ -66,6 +66,7 @@ def test_truncated_and_missing_files(tmp_path):
         prepare_mnist(str(d))
 
 
+@pytest.mark.slow
 def test_script_reports_corrupt_data_in_one_line(tmp_path):
     d = _copy(tmp_path)
     (d / "train-images-idx3-ubyte.gz").write_bytes(b"not gzip")

@@ -163,6 +163,7 @@ def test_two_processes_match_one(tmp_path):
     assert_dicts_close(load_fisher(out, model), want, rtol=1e-5, atol=0)
 
 
+@pytest.mark.slow
 def test_script_reports_user_errors(tmp_path):
     proc = run_script(ROOT / "scripts" / "compute_fisher.py", "--checkpoint", tmp_path / "missing.safetensors",
                       "--out", tmp_path / "f.safetensors", timeout=120)

@@ -108,6 +108,7 @@ def test_grid_collapses_what_a_method_does_not_read():
     assert pts[2].args() == ["--method", "sa", "--forget", "2", "7", "--lam", "0", "--gamma", "1"]
 
 
+@pytest.mark.slow
 def test_task_args_are_the_unlearn_flags_of_one_point(tmp_path):
     r = run_script("scripts/sweep.py", "--out-dir", tmp_path / "o", "--forget", "3", "4", "--lam", "1", "10",
                    "--arch", "linear", "--task-args", "3")

@@ -167,6 +167,7 @@ def test_report_in_headless_chromium(report_dir, tmp_path):
     assert probe["tables"] >= 4
 
 
+@pytest.mark.slow
 def test_report_script_rebuilds_from_files_fast(report_dir, tmp_path):
     d, _ = report_dir
     (d / "report.html").unlink()

@@ -16,10 +16,10 @@ from ..utils import UsageError
 from .flags import Parser, command
 
 
-@command
-def main():
+def parser() -> Parser:
+    """The flags; the Fisher's defaults are unlearn's (``SAConfig``, ``TrainConfig``)."""
     sa, train = SAConfig(), TrainConfig()
-    p = Parser(description=__doc__.splitlines()[0])
+    p = Parser(prog="compute_fisher.py", description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", required=True, help="model checkpoint (.safetensors) written by sa_dist")
     p.add_argument("--n-samples", type=int, default=sa.n_fisher,
                    help=f"samples the model draws for the Fisher (default {sa.n_fisher}, as --n-fisher)")
@@ -27,7 +27,12 @@ def main():
     p.add_argument("--out", required=True, help="output .safetensors")
     p.add_argument("--batch", type=int, default=sa.fisher_batch,
                    help=f"samples per backward (default {sa.fisher_batch})")
-    args = p.parse_args()
+    return p
+
+
+@command
+def main():
+    args = parser().parse_args()
     if args.n_samples < 1 or args.batch < 1 or args.seed < 0:
         raise UsageError("--n-samples and --batch must be positive, --seed non-negative")
     model, meta = load_checkpoint(args.checkpoint)

@@ -143,7 +143,8 @@ def flags_markdown() -> str:
     rows = ["| flag | config field | what | default |", "| --- | --- | --- | --- |"]
     for key, f, default, _ in config_fields(UNLEARN):
         names = ", ".join(f"`{n}`" for n in flag_names(f))
-        rows.append(f"| {names} | `{key}` | {f.metadata['help']} | {shown_default(f, default)} |")
+        cells = (names, f"`{key}`", f.metadata["help"], shown_default(f, default))
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return "\n".join(rows) + "\n"
 
 
