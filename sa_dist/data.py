@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
+from torchvision.datasets import MNIST
 
 from .utils import UserError, atomic_write_bytes, cache_root
 
@@ -70,8 +71,6 @@ def prepare_mnist(data_dir: str | None = None) -> Path:
 
 @lru_cache(maxsize=4)
 def _load(train: bool, data_dir: str | None) -> tuple[torch.Tensor, torch.Tensor]:
-    from torchvision.datasets import MNIST
-
     ds = MNIST(str(prepare_mnist(data_dir)), train=train, download=False)
     x = ds.data.unsqueeze(1).float().div_(255.0)  # (N, 1, 28, 28) in [0, 1]
     return x, ds.targets.long()

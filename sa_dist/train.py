@@ -19,21 +19,6 @@ from .runtime import average_buffers, check_finite, start_tracking, stop_trackin
 from .utils import UsageError
 
 
-def train_baseline(cfg, accelerator: Accelerator, log_dir: Path | None, exclude: tuple[int, ...] = (),
-                   checkpointer=None) -> tuple:
-    """Train theta* of the ``RunConfig`` ``cfg`` on real MNIST: ``(plain model, per-epoch history, seconds)``.
-    ``exclude``: classes left out of the training and test data (``retrain``, exact unlearning).
-    ``checkpointer``: a ``resume.Checkpointer`` (resumable state, resume)."""
-    set_seed(cfg.train.seed)
-    keep = [c for c in range(cfg.model.n_classes) if c not in exclude] if exclude else None
-    tr, te = loaders(cfg.train.batch, cfg.train.seed, cfg.data_dir, cfg.train.limit, classes=keep)
-    t0 = time.perf_counter()
-    model, history = train_vae(build_model(cfg.model), tr, te, accelerator, cfg.train.epochs, cfg.train.lr,
-                               log_dir=log_dir, config=asdict(cfg), checkpointer=checkpointer, sync_bn=cfg.sync_bn)
-    return model, history, time.perf_counter() - t0
-
-
-
 @torch.no_grad()
 def mean_nelbo(model: nn.Module, loader, accelerator: Accelerator, seed: int = 0) -> float:
     """Mean negative ELBO over a (prepared, possibly sharded) loader, all processes' samples counted once."""
@@ -97,20 +82,7 @@ def train_vae(model: nn.Module, train_loader, test_loader, accelerator: Accelera
                 continue
             total = torch.tensor(meta["total"] if done else [0.0, 0.0], dtype=torch.float64)
             _resume(ckpt, step)
-            model.train()
-            for x, c in batches:
-                loss = negative_elbo(model, x, c).mean()
-                step += 1
-                value = inject("baseline", step, accelerator.process_index, loss.item())  # one device sync
-                check_finite(value, step, "baseline negative ELBO", ckpt)
-                opt.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
-                opt.step()
-                total += torch.tensor([value * len(x), len(x)], dtype=torch.float64)
-                bar.set_postfix(nelbo=f"{value:.1f}", refresh=False)  # drawn by update at tqdm's rate
-                bar.update(1)
-                if step < epoch * per_epoch:  # the epoch's last step is saved below, after its evaluation
-                    ckpt.after_step(step, lambda: {"history": history, "total": total.tolist()})
+            step = _epoch_steps(model, opt, batches, accelerator, step, epoch * per_epoch, total, bar, ckpt, history)
             _end_epoch(model, test_loader, accelerator, history, epoch, total, t0, sync_bn)
             ckpt.after_step(step, lambda: {"history": history, "total": [0.0, 0.0]})
     _resume(ckpt, step)  # a state saved after the last epoch
@@ -118,6 +90,26 @@ def train_vae(model: nn.Module, train_loader, test_loader, accelerator: Accelera
         stop_tracking(accelerator)
     ckpt.finish()
     return plain_copy(accelerator.unwrap_model(model)), history
+
+
+def _epoch_steps(model, opt, batches, accelerator, step: int, last: int, total: torch.Tensor, bar, ckpt,
+                 history: list) -> int:
+    """One epoch's optimizer steps on the negative ELBO (batch mean); ``total`` gains (sum, count); returns the step."""
+    model.train()
+    for x, c in batches:
+        loss = negative_elbo(model, x, c).mean()
+        step += 1
+        value = inject("baseline", step, accelerator.process_index, loss.item())  # one device sync
+        check_finite(value, step, "baseline negative ELBO", ckpt)
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        opt.step()
+        total += torch.tensor([value * len(x), len(x)], dtype=torch.float64)
+        bar.set_postfix(nelbo=f"{value:.1f}", refresh=False)  # drawn by update at tqdm's rate
+        bar.update(1)
+        if step < last:  # the epoch's last step is saved by the caller, after its evaluation
+            ckpt.after_step(step, lambda: {"history": history, "total": total.tolist()})
+    return step
 
 
 def _resume(ckpt, step: int) -> None:
@@ -139,3 +131,17 @@ def _end_epoch(model, test_loader, accelerator, history: list, epoch: int, total
     accelerator.log({"baseline/train_nelbo": row["train_nelbo"], "baseline/test_nelbo": row["test_nelbo"],
                      "baseline/epoch_seconds": row["seconds"]}, step=epoch)
     _log_grid(accelerator, model, "baseline/samples", epoch)
+
+
+def train_baseline(cfg, accelerator: Accelerator, log_dir: Path | None, exclude: tuple[int, ...] = (),
+                   checkpointer=None) -> tuple:
+    """Train theta* of the ``RunConfig`` ``cfg`` on real MNIST: ``(plain model, per-epoch history, seconds)``.
+    ``exclude``: classes left out of the training and test data (``retrain``, exact unlearning).
+    ``checkpointer``: a ``resume.Checkpointer`` (resumable state, resume)."""
+    set_seed(cfg.train.seed)
+    keep = [c for c in range(cfg.model.n_classes) if c not in exclude] if exclude else None
+    tr, te = loaders(cfg.train.batch, cfg.train.seed, cfg.data_dir, cfg.train.limit, classes=keep)
+    t0 = time.perf_counter()
+    model, history = train_vae(build_model(cfg.model), tr, te, accelerator, cfg.train.epochs, cfg.train.lr,
+                               log_dir=log_dir, config=asdict(cfg), checkpointer=checkpointer, sync_bn=cfg.sync_bn)
+    return model, history, time.perf_counter() - t0

@@ -81,7 +81,7 @@ def show_figures(paths: list[Path]) -> bool:
     """Show saved figures: inline in a notebook, in a window when there is a display; False when neither (the
     files are then the only output)."""
     try:
-        from IPython import get_ipython
+        from IPython import get_ipython  # optional: only in a notebook
 
         if get_ipython() is not None and hasattr(get_ipython(), "kernel"):
             from IPython.display import Image, display
