@@ -1,0 +1,1 @@
+"""Grids of unlearning runs (``grid``) and finished runs side by side (``aggregate``)."""
