@@ -67,21 +67,17 @@ def test_sigterm_in_baseline_training_saves_a_resumable_state(interrupted_and_re
 
 
 @pytest.mark.slow
-def test_sigint_in_sa_saves_a_resumable_state(interrupted_and_resumed):
-    a, _, steps, (meta, _) = interrupted_and_resumed
-    assert steps[1].returncode == 130
-    assert last_line(steps[1]) == (f"error: interrupted by SIGINT at sa step 3; resumable state saved in "
-                                   f"{a}/state/sa; continue with --resume {a}")
-    assert meta["step"] == 3 and [r["step"] for r in meta["history"]] == [1, 2, 3]
-
-
-@pytest.mark.slow
-def test_nan_in_sa_stops_naming_step_and_term_and_keeps_the_last_good_state(interrupted_and_resumed):
-    a, _, steps, (_, meta) = interrupted_and_resumed
-    assert steps[2].returncode == 1
-    assert last_line(steps[2]) == (f"error: non-finite SA surrogate_nelbo (nan) at step 6; stopped, the last good "
-                                   f"state (step 4) is kept in {a}/state/sa")
-    assert meta["step"] == 4  # the SA epoch boundary before the NaN, not overwritten
+@pytest.mark.parametrize("i,code,line,saved", [
+    (1, 130, "error: interrupted by SIGINT at sa step 3; resumable state saved in {a}/state/sa; continue with "
+             "--resume {a}", 3),
+    (2, 1, "error: non-finite SA surrogate_nelbo (nan) at step 6; stopped, the last good state (step 4) is kept in "
+           "{a}/state/sa", 4),  # the SA epoch boundary before the NaN, not overwritten
+], ids=["sigint", "nan"])
+def test_a_stop_in_sa_names_the_step_and_keeps_the_last_good_state(interrupted_and_resumed, i, code, line, saved):
+    a, _, steps, metas = interrupted_and_resumed
+    assert steps[i].returncode == code and last_line(steps[i]) == line.format(a=a)
+    meta = metas[i - 1]
+    assert meta["step"] == saved and [r["step"] for r in meta["history"]] == list(range(1, saved + 1))
 
 
 @pytest.mark.slow
