@@ -70,7 +70,7 @@ def reset_label_inputs(model: CVAE, classes: list[int], seed: int = 0) -> CVAE:
 
 def _data(frozen: CVAE, cfg: RunConfig, rank: int, world: int):
     """This process's replay and surrogate loaders: one surrogate batch per replay batch."""
-    s, seed = cfg.sa, cfg.train.seed
+    s, seed = cfg.sa, cfg.sa_seed
     share, local_batch = math.ceil(s.n_replay / world), max(1, s.batch // world)
     local_sb = max(1, s.surrogate_batch // world)
     replay = replay_dataset(frozen, s.forget, share, seed=seed * 7919 + 2 * rank)
@@ -96,7 +96,7 @@ def _steps(replay, surr, sa_epochs: int, ckpt):
 def selective_amnesia(model: CVAE, fisher: dict, accelerator, cfg: RunConfig, *, log_dir: str | Path | None = None,
                       checkpointer: Checkpointer | None = None, surrogate_weight: float = 1.0):
     """Minimise the SA objective from theta* = ``model`` with the settings of ``cfg`` (``cfg.sa``: forget, lam,
-    gamma, lr, batches, surrogate; ``cfg.train.seed``); return (unlearned plain model, history of float rows).
+    gamma, lr, batches, surrogate; the seed ``cfg.sa_seed``); return (unlearned plain model, history of float rows).
 
     An SA epoch is one pass over the replay set of ``n_replay`` samples, each step pairing a replay batch with a
     surrogate batch. Batch norm stays in eval mode (theta*'s running statistics on real data are kept), so the
@@ -104,7 +104,7 @@ def selective_amnesia(model: CVAE, fisher: dict, accelerator, cfg: RunConfig, *,
     ``cfg.sa.reset_label``: start from ``reset_label_inputs`` (theta* too). ``checkpointer`` saves a resumable
     state every SA epoch and on SIGINT/SIGTERM, and resumes from one. ``surrogate_weight`` 0: replay_only."""
     cfg = validate(cfg)
-    s, seed = cfg.sa, cfg.train.seed
+    s, seed = cfg.sa, cfg.sa_seed
     set_seed(seed)
     if s.reset_label:
         model = reset_label_inputs(model, s.forget, seed)

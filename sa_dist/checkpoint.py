@@ -56,6 +56,16 @@ def save_checkpoint(path: Path | str, model: torch.nn.Module, kind: str = "basel
     save_tensors(path, model.state_dict(), meta)
 
 
+def forgotten_classes(path: Path | str) -> list[int]:
+    """The classes a checkpoint has already forgotten (the ``forget`` of an unlearned checkpoint; [] for a
+    baseline), so a later deletion request keeps them forgotten."""
+    _, meta = load_tensors(path)
+    try:
+        return [int(c) for c in json.loads(meta.get("forget", "[]"))]
+    except (TypeError, ValueError, json.JSONDecodeError):
+        raise UserError(f"checkpoint {path} has an unreadable 'forget' entry in its metadata") from None
+
+
 def config_from_meta(meta: dict, path) -> ModelConfig:
     try:
         raw = json.loads(meta["model_config"])

@@ -43,6 +43,8 @@ class SAConfig:
     n_fisher: int = arg(20000, "samples the model draws for the Fisher")  # keeps Fisher + SA <= 10% of the baseline
     fisher_batch: int = arg(500, "Fisher samples per backward", flag="")  # of 250/500/1000: fastest on 2 CPU cores
     method: str = arg("sa", "unlearning method (sa_dist/methods/)")
+    seed: Optional[int] = arg(None, "seed of the unlearning: replay, surrogate and noise draws", flag="--sa-seed",
+                              shown="--seed")  # vary it alone to see SA's own spread on one baseline
     reset_label: bool = arg(False, "re-initialise the weights that read the forgotten labels before SA")  # slows relearning, costs retained quality (docs/verification.md)
 
 
@@ -57,6 +59,11 @@ class RunConfig:
     sync_bn: bool = arg(True, "several processes: SyncBatchNorm on CUDA, BN statistics averaged on CPU")
     data_dir: Optional[str] = arg(None, "folder with the four MNIST files", shown="the package's copy")
     quick: bool = arg(False, "a ~1 min smoke run on a CPU that already shows forgetting")
+
+    @property
+    def sa_seed(self) -> int:
+        """The seed of the unlearning step: ``sa.seed``, else the run's ``train.seed``."""
+        return self.train.seed if self.sa.seed is None else self.sa.seed
 
 
 SECTIONS = {"model": ModelConfig, "train": TrainConfig, "sa": SAConfig}
@@ -140,8 +147,9 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UsageError(f"--z-dim must be >= 1, got {m.z_dim}")
     if m.width < 0:
         raise UsageError(f"--width must be >= 0 (0: the architecture's default), got {m.width}")
-    if t.seed < 0:
-        raise UsageError(f"--seed must be an integer >= 0, got {t.seed}")
+    for name, seed in (("--seed", t.seed), ("--sa-seed", s.seed)):
+        if seed is not None and seed < 0:
+            raise UsageError(f"{name} must be an integer >= 0, got {seed}")
     if t.limit is not None and t.limit < 1:
         raise UsageError(f"--limit must be a positive integer (or unset for all images), got {t.limit}")
     for name, v in (("--epochs", t.epochs), ("--batch", t.batch), ("--sa-epochs", s.sa_epochs),

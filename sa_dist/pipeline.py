@@ -11,8 +11,8 @@ from pathlib import Path
 from .analysis.figures import figures_for_run
 from .analysis.report import build_report
 from .cache import baseline_path, get_baseline, get_fisher, save_baseline
-from .checkpoint import load_checkpoint, save_checkpoint
-from .config import RunConfig, apply_quick, save_config, validate
+from .checkpoint import forgotten_classes, load_checkpoint, save_checkpoint
+from .config import RunConfig, apply_quick, save_config, validate, with_values
 from .data import load_mnist, prepare_mnist
 from .evaluation.evaluator import get_evaluator
 from .evaluation.metrics import class_metrics, compare
@@ -21,7 +21,7 @@ from .resume import checkpointer, drop_state
 from .runs import load_results, new_run_dir, resumed_checkpoint
 from .runtime import make_accelerator
 from .train import train_baseline
-from .utils import UserError, atomic_write_text, write_json
+from .utils import UsageError, UserError, atomic_write_text, write_json
 
 
 def evaluate_run(cfg: RunConfig, before, after, device) -> tuple[dict, float]:
@@ -60,15 +60,31 @@ def _start(cfg: RunConfig, run_dir, checkpoint, accelerator, resume: bool):
     return checkpoint, accelerator, out_dir
 
 
+def with_earlier_requests(cfg: RunConfig, checkpoint: str | None) -> tuple[RunConfig, list[int]]:
+    """A deletion request on a model that already forgot classes (``checkpoint`` an unlearned checkpoint): the
+    run forgets the earlier classes and the new ones (replay keeps only classes never forgotten, the surrogate
+    covers them all). Returns the config and the earlier classes."""
+    earlier = forgotten_classes(checkpoint) if checkpoint else []
+    again = sorted(set(earlier) & set(cfg.sa.forget))
+    if again:
+        raise UsageError(f"--forget {', '.join(map(str, again))}: --checkpoint {checkpoint} has forgotten "
+                         f"{'it' if len(again) == 1 else 'them'} already (it forgot {earlier})")
+    return (with_values(cfg, {"sa.forget": earlier + list(cfg.sa.forget)}) if earlier else cfg), earlier
+
+
 def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | None = None, accelerator=None,
                 resume: bool = False):
     """The whole job under Accelerate with the method ``cfg.sa.method`` (``sa_dist.methods``); returns
-    (results dict, run directory); results is None off the main process.
+    (results dict, run directory); results is None off the main process. ``checkpoint``: unlearn this model
+    instead of the cached baseline; if it is an unlearned one, its forgotten classes stay forgotten.
     ``resume``: continue the interrupted run in ``run_dir`` (baseline training or SA from their saved states)."""
+    if checkpoint and not resume:  # a resumed run's config.yaml holds every forgotten class already
+        cfg, _ = with_earlier_requests(cfg, checkpoint)
     cfg = validate(apply_quick(cfg))
     method = get_method(cfg.sa.method)
     cfg = method.configure(cfg)  # e.g. no_ewc: lam 0, so config.yaml and results.json say what ran
     checkpoint, accelerator, out_dir = _start(cfg, run_dir, checkpoint, accelerator, resume)
+    earlier = forgotten_classes(checkpoint) if checkpoint else []
     original, base = get_baseline(cfg, accelerator, checkpoint, ckpt=checkpointer(accelerator, out_dir, "baseline"))
     fisher, fisher_s, fisher_cached = (get_fisher(cfg, original, base["key"], accelerator) if method.needs_fisher
                                        else (None, 0.0, None))
@@ -81,7 +97,9 @@ def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | No
         metrics, eval_s = evaluate_run(cfg, original, out.model, accelerator.device)
         h = out.history
         rows = h[::10] + (h[-1:] if (len(h) - 1) % 10 else [])  # every 10th step and the last
-        results = {"config": asdict(cfg), "method": method.name, "processes": accelerator.num_processes, **metrics,
+        results = {"config": asdict(cfg), "method": method.name, "processes": accelerator.num_processes,
+                   "forget_request": [c for c in cfg.sa.forget if c not in earlier], "forgotten_before": earlier,
+                   **metrics,
                    "baseline": {k: base[k] for k in ("key", "cached", "history")},
                    ("sa_history" if out.sa_terms else "method_history"): {"every": 10, "rows": rows},
                    "method_info": out.info,

@@ -19,6 +19,7 @@ from sa_dist.analysis.latent import (drift_by_class, latent_block, latent_means,
                                      silhouette_by_class, subset, traversal)
 from sa_dist.analysis.report import build_report
 from sa_dist.data import load_mnist
+from sa_dist.evaluation.metrics import collateral
 from sa_dist.utils import UsageError
 
 
@@ -101,10 +102,17 @@ def report_dir(tiny_baseline, test_data, tmp_path_factory):
     hist = [{"epoch": e, "train_nelbo": 200 - e, "test_nelbo": 190 - e, "seconds": 1.0} for e in (1, 2)]
     rows = [{"step": s, "surrogate_nelbo": 900 - s, "replay_nelbo": 120.0, "ewc": s / 10, "loss": 1.0}
             for s in (1, 11, 21)]
-    paths, latent = make_figures(d, model, model, [2], test_data, hist, rows, 543.4, n_silhouette=500)
+    seen = [str(k) for k in range(10)] + ["reject"]
+    conf = {w: {"labels": seen[:10], "seen": seen, "mean_p": [[0.9 if k == c else 0.01 for k in range(11)]
+                                                              for c in range(10)]} for w in ("before", "after")}
+    conf["after"]["mean_p"][2] = [0.0] * 10 + [1.0]
+    paths, latent = make_figures(d, model, model, [2], test_data, hist, rows, 543.4, n_silhouette=500,
+                                 confusion=(conf["before"], conf["after"]))
     pc = {str(c): {"sample_acc": 0.9, "p_class": 0.8, "entropy": 0.1, "test_nelbo": 100.0 + c} for c in range(10)}
-    results = {"config": {"model": {"arch": "linear"}}, "forget_classes": [2], "before": {"per_class": pc},
-               "after": {"per_class": {**pc, "2": {**pc["2"], "p_class": 0.001}}}, "latent": latent,
+    results = {"config": {"model": {"arch": "linear"}}, "forget_classes": [2],
+               "before": {"per_class": pc, "confusion": conf["before"]},
+               "after": {"per_class": {**pc, "2": {**pc["2"], "p_class": 0.001}}, "confusion": conf["after"]},
+               "collateral": collateral(conf["before"], conf["after"], [2]), "latent": latent,
                "baseline": {"history": hist}, "sa_history": {"every": 10, "rows": rows},
                "timing_s": {"unlearn": 12.5}, "attacks": {"inversion": {"p_class": 0.02, "steps": 100}}}
     (d / "results.json").write_text(json.dumps(results))
@@ -137,6 +145,7 @@ def test_report_is_self_contained_and_renders_what_is_there(report_dir):
     assert not re.search(r'(src|href)="(?!data:)', page) and "http" not in page  # nothing fetched
     assert "class 2 (forgotten)" in page and "retained mean (9 classes)" in page and "<details>" in page
     assert "<h2>attacks</h2>" in page and "inversion" in page  # an unknown block, shown generically
+    assert "Collateral damage" in page and "Forgotten labels now look like: 2 -&gt; reject (1.000)" in page
     assert "<h2>Surrogate</h2>" not in page  # a missing block is skipped
     md = md_path.read_text()
     assert all(f"]({p.name})" in md for p in paths) and "| class 2 (forgotten) |" in md

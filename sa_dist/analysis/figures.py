@@ -13,7 +13,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from ..data import load_mnist
 from .latent import latent_block, plot_latent_manifold, plot_latent_space
-from .plots import before_after_grid, plot_baseline_curves, plot_sa_curves
+from .plots import before_after_grid, plot_baseline_curves, plot_confusion, plot_sa_curves
 
 # file name -> what it shows; the report lists figures in this order (any other PNG in the run comes after)
 FIGURES = {
@@ -25,14 +25,18 @@ FIGURES = {
                            "label, before and after (the same directions for both models).",
     "curves_baseline.png": "Baseline training: train and test negative ELBO per epoch.",
     "curves_sa.png": "Selective Amnesia: surrogate, replay and EWC terms per step (every 10th step).",
+    "collateral.png": "Collateral damage: for samples of each label (rows), the evaluator's mean probability of each "
+                      "class it sees (columns), before, after and the difference.",
 }
 
 
 def make_figures(out_dir: str | Path, before, after, forget: list[int], data: tuple[torch.Tensor, torch.Tensor],
                  baseline_history: list | None = None, sa_rows: list | None = None, floor: float | None = None,
-                 seed: int = 0, latent_method: str = "pca", n_silhouette: int = 5000) -> tuple[list[Path], dict]:
+                 seed: int = 0, latent_method: str = "pca", n_silhouette: int = 5000,
+                 confusion: tuple[dict, dict] | None = None) -> tuple[list[Path], dict]:
     """Write the figures of ``FIGURES`` that the inputs allow into ``out_dir``; return (paths, results.json's
-    ``latent`` block). ``data``: the real test images and labels; models may be on any device."""
+    ``latent`` block). ``data``: the real test images and labels; models may be on any device; ``confusion``:
+    results.json's ``confusion`` blocks before and after."""
 
     out = Path(out_dir)
     latent = latent_block(before, after, *data, forget, n=n_silhouette, seed=seed)
@@ -45,6 +49,8 @@ def make_figures(out_dir: str | Path, before, after, forget: list[int], data: tu
         plot_baseline_curves(baseline_history, out / "curves_baseline.png")
     if sa_rows:
         plot_sa_curves(sa_rows, out / "curves_sa.png", floor)
+    if confusion and all(confusion):
+        plot_confusion(*confusion, forget, out / "collateral.png")
     return [out / name for name in FIGURES if (out / name).is_file()], latent
 
 
@@ -69,8 +75,9 @@ def figures_for_run(run_dir: Path, results: dict, before, after, forget: list[in
     hist, rows = (results.get("baseline") or {}).get("history"), (results.get("sa_history") or {}).get("rows")
     floor = (results.get("surrogate") or {}).get("nelbo", {}).get("floor")
     data = load_mnist(False, cfg.get("data_dir"), cfg["train"]["limit"])
+    confusion = tuple(results[w].get("confusion") for w in ("before", "after")) if "after" in results else None
     paths, results["latent"] = make_figures(run_dir, before, after, forget, data, hist, rows, floor,
-                                            seed=cfg["train"]["seed"])
+                                            seed=cfg["train"]["seed"], confusion=confusion)
     log_to_tensorboard(Path(run_dir) / "tensorboard" / "figures", paths, hist)
     results.setdefault("timing_s", {})["figures"] = time.perf_counter() - t0
     results["environment"] = environment()

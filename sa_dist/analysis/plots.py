@@ -117,3 +117,27 @@ def plot_sa_curves(rows: list[dict], path: str | Path | None = None, floor: floa
     fig.suptitle("Selective Amnesia: the three terms of the objective per step")
     fig.tight_layout()
     save_png(fig, path)
+
+
+def plot_confusion(before: dict, after: dict, forget: list[int], path: str | Path | None = None):
+    """The label -> seen-class matrices (results.json ``confusion``: mean evaluator probability of each seen class
+    for samples of each label) before and after, and their difference, the changes of at least 0.01 written in."""
+    b, a = np.array(before["mean_p"]), np.array(after["mean_p"])  # (labels, seen)
+    fig, axes = subplots(1, 3, figsize=(17, 5.2))
+    panels = (("before", b, "Blues", 0, 1), ("after", a, "Blues", 0, 1), ("after - before", a - b, "RdBu_r", -1, 1))
+    for ax, (name, m, cmap, lo, hi) in zip(axes, panels):
+        im = ax.imshow(m, cmap=cmap, vmin=lo, vmax=hi)
+        ax.set_xticks(range(m.shape[1]), before["seen"], fontsize=8)
+        ax.set_yticks(range(m.shape[0]), before["labels"])
+        for c in forget:
+            ax.get_yticklabels()[c].set_color("red")
+        ax.set_xlabel("class the evaluator sees")
+        ax.set_ylabel("label asked for (forgotten in red)")
+        ax.set_title(f"{name}: mean P(seen class | label)", fontsize=10)
+        fig.colorbar(im, ax=ax, fraction=0.046)
+        if name.startswith("after -"):
+            for (i, j), v in np.ndenumerate(m):
+                if abs(v) >= 0.01:
+                    ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=6)
+    fig.tight_layout()
+    save_png(fig, path)

@@ -18,7 +18,7 @@ from .figures import FIGURES
 from .plots import plot_baseline_curves, plot_sa_curves
 
 KNOWN = {"config", "processes", "forget_classes", "before", "after", "surrogate", "summary", "evaluator", "baseline",
-         "sa_history", "timing_s", "latent", "environment"}
+         "sa_history", "timing_s", "latent", "environment", "collateral"}
 METRICS = (("p_class", "P(y=c)", ".4f"), ("sample_acc", "sample acc", ".4f"), ("entropy", "entropy (nats)", ".3f"),
            ("test_nelbo", "test nELBO", ".2f"))
 
@@ -102,6 +102,24 @@ def latent_section(r: dict) -> list[dict]:
             table(["class", "silhouette before", "silhouette after", "drift"], per, folded="Per-class silhouette")]
 
 
+def collateral_section(r: dict) -> list[dict]:
+    col, after, before = r["collateral"], r["after"]["confusion"], r["before"]["confusion"]
+    moved = ", ".join(f"{c} ({col['retained'][c]['own_change']:+.4f}, most to {col['retained'][c]['largest_gain']})"
+                      for c in col["most_moved"])
+    gone = ", ".join(f"{c} -> {v['to']} ({v['p']:.3f})" for c, v in col["forgotten"].items())
+    rows = [[c, *[f"{v:.4f}" for v in row]] for c, row in zip(after["labels"], after["mean_p"])]
+    diff = [[c, *[f"{x - y:+.4f}" for x, y in zip(ra, rb)]]
+            for c, ra, rb in zip(after["labels"], after["mean_p"], before["mean_p"])]
+    rows_kept = [[c, v["own_before"], v["own_after"], v["own_change"], v["largest_gain"], v["largest_gain_change"]]
+                 for c, v in col["retained"].items()]
+    return [text("For samples of each label asked for, the evaluator's mean probability of each class it sees. "
+                 f"Retained labels whose own mass moved most: {moved}. Forgotten labels now look like: {gone}."),
+            table(["retained label", "own P before", "own P after", "change", "largest gain to", "its change"],
+                  rows_kept),
+            table(["label", *after["seen"]], rows, folded="After: label -> class seen"),
+            table(["label", *after["seen"]], diff, folded="Change: after - before")]
+
+
 def timing_section(r: dict) -> list[dict]:
     rows = [[k, v] for k, v in r.get("timing_s", {}).items()]
     rows += [["processes", r.get("processes")]] if "processes" in r else []
@@ -130,6 +148,7 @@ def sections(run_dir: Path, r: dict) -> list[tuple[str, list[dict]]]:
     out = []
     builders = [("Forgetting and retention (before -> after)", "before", metrics_section),
                 ("Surrogate", "surrogate", surrogate_section),
+                ("Collateral damage: label asked for -> class seen", "collateral", collateral_section),
                 ("Latent space: silhouette of the latent means", "latent", latent_section),
                 ("Timings (seconds) and machine", "timing_s", timing_section)]
     for title, key, build in builders:

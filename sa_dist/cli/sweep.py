@@ -1,16 +1,18 @@
-"""Run a grid of unlearning runs (forgotten classes x lambda x gamma x method) and aggregate them.
+"""Run a grid of unlearning runs (method x forgotten classes x lambda x gamma x seed) and aggregate them.
 
     python scripts/sweep.py --out-dir runs/sweep --forget 0 1 2 --lam 0 1 10 --method sa no_ewc [UNLEARN FLAGS]
+    python scripts/sweep.py --out-dir runs/seeds --forget 2 --seeds 49 50 51     # mean +- spread over 3 seeds
 Any other flag goes to every point's scripts/unlearn.py (e.g. --arch linear). Each point is a run directory
-OUT_DIR/<arch>-<method>-forget<c>[-lam<l>][-gamma<g>]; finished points are kept, so a sweep resumes. After the
+OUT_DIR/<arch>-<method>-forget<c>[-lam<l>][-gamma<g>][-seed<s>]; finished points are kept, so a sweep resumes. After the
 points, OUT_DIR/summary.md, summary.json and summary.png hold the table and the trade-off plot (scripts/aggregate.py).
 slurm/sweep.sh runs the same grid as a job array with --count, --prepare and --task-args.
 """
 import sys
 
+from ..config import with_values
 from ..methods import get_method, method_names
-from ..sweeps.aggregate import write_summary
 from ..pipeline import prepare_cache, run_many
+from ..sweeps.aggregate import write_summary
 from ..sweeps.grid import make_grid, parse_forget, point_dir, task_args
 from ..utils import UsageError
 from .flags import Parser, add_config_args, add_run_args, command, config_from_args
@@ -23,6 +25,8 @@ def parse():
     p.add_argument("--lam", nargs="+", type=float, help="grid: lambda values (default: the config's)")
     p.add_argument("--gamma", nargs="+", type=float, help="grid: gamma values (default: the config's)")
     p.add_argument("--method", nargs="+", default=["sa"], choices=method_names(), help="grid: methods (default sa)")
+    p.add_argument("--seeds", nargs="+", type=int, help="grid: seeds, each the baseline's and the unlearning's "
+                   "(default: the config's seed, one point)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--count", action="store_true", help="print the number of points and exit")
     mode.add_argument("--list", action="store_true", help="print each point's index and run directory, and exit")
@@ -46,7 +50,8 @@ def main():
     args, extra, given = parse()
     base = config_from_args(given)
     arch = base.model.arch
-    points = make_grid(args.method, parse_forget(args.forget), args.lam or [base.sa.lam], args.gamma or [base.sa.gamma])
+    points = make_grid(args.method, parse_forget(args.forget), args.lam or [base.sa.lam], args.gamma or [base.sa.gamma],
+                       args.seeds or [None])
     for pt in points:
         pt.config(base)  # every point validated before anything runs
     if args.count:
@@ -57,8 +62,10 @@ def main():
         if not 0 <= args.task_args < len(points):
             raise UsageError(f"--task-args {args.task_args}: the grid has points 0-{len(points) - 1}")
         return print(task_args(points[args.task_args], args.out_dir, arch, extra))
-    if args.prepare:
-        return print(prepare_cache(base, any(get_method(m).needs_fisher for m in args.method), given.checkpoint))
+    if args.prepare:  # one baseline (and Fisher) per seed
+        fisher = any(get_method(m).needs_fisher for m in args.method)
+        seeds = dict.fromkeys(pt.config(base).train.seed for pt in points)
+        return print([prepare_cache(with_values(base, {"train.seed": s}), fisher, given.checkpoint) for s in seeds])
     jobs = [(pt.config(base), point_dir(args.out_dir, pt, arch)) for pt in points]
     failures = run_many(jobs, given.checkpoint)
     if not args.no_aggregate:

@@ -1,5 +1,6 @@
-"""Metrics of a cVAE through the evaluator: per-class sample accuracy, P(y=c), entropy, test negative ELBO, and
-how close the forgotten classes came to their surrogate (the ``results.json`` schema)."""
+"""Metrics of a cVAE through the evaluator: per-class sample accuracy, P(y=c), entropy, test negative ELBO, the
+label -> seen-class matrix and where the forgotten mass went (collateral damage), and how close the forgotten
+classes came to their surrogate (the ``results.json`` schema, docs/outputs.md)."""
 from __future__ import annotations
 
 import torch
@@ -26,19 +27,47 @@ def _prob_stats(probs: torch.Tensor, classes) -> dict:
     return {"p_class": {str(k): probs[:, k].mean().item() for k in classes}, "entropy": entropy(probs).mean().item()}
 
 
+def seen_classes(n_outputs: int, n_classes: int) -> list[str]:
+    """Names of the evaluator's outputs: the digits, then ``reject`` ("not a digit") if it has one more."""
+    return [str(k) for k in range(n_classes)] + ["reject"] * (n_outputs - n_classes)
+
+
 @torch.no_grad()
 def class_metrics(model: CVAE, evaluator, x_test, y_test, n_samples: int = 1000, seed: int = 0) -> dict:
-    """``{"per_class": {"c": {"sample_acc", "p_class", "entropy", "test_nelbo"}}}`` for every class."""
+    """``per_class``: ``{"c": {"sample_acc", "p_class", "entropy", "test_nelbo"}}`` for every class; ``confusion``:
+    for each label asked for (rows), the evaluator's mean probability of each class it sees (columns)."""
     gen = torch.Generator().manual_seed(seed)
     model.eval()
     nelbo = test_nelbo(model, x_test, y_test, seed)
-    out = {}
+    out, rows = {}, []
     for c in range(model.n_classes):
-        probs = score(evaluator, model.sample(n_samples, c, generator=gen))  # (n, 10)
+        probs = score(evaluator, model.sample(n_samples, c, generator=gen))  # (n, outputs)
         out[str(c)] = {"sample_acc": (probs.argmax(1) == c).float().mean().item(),
                        "p_class": probs[:, c].mean().item(), "entropy": entropy(probs).mean().item(),
                        "test_nelbo": nelbo[y_test == c].mean().item()}
-    return {"per_class": out}
+        rows.append(probs.mean(0).tolist())
+    seen = seen_classes(len(rows[0]), model.n_classes)
+    return {"per_class": out, "confusion": {"labels": [str(c) for c in range(model.n_classes)], "seen": seen,
+                                            "mean_p": rows}}
+
+
+def collateral(before: dict, after: dict, forget: list[int], top: int = 3) -> dict:
+    """Where probability mass moved between the ``confusion`` blocks ``before`` and ``after``: for every retained
+    label, the change of its own mass and the seen class that gained most; ``most_moved``: the ``top`` retained
+    labels whose own mass changed most; ``forgotten``: where each forgotten label's mass went."""
+    seen, b, a = before["seen"], before["mean_p"], after["mean_p"]
+
+    def row(c: int) -> dict:
+        gains = [a[c][k] - b[c][k] for k in range(len(seen))]
+        to = max((k for k in range(len(seen)) if k != c), key=lambda k: gains[k])
+        return {"own_before": b[c][c], "own_after": a[c][c], "own_change": a[c][c] - b[c][c],
+                "largest_gain": seen[to], "largest_gain_change": gains[to]}
+
+    kept = {str(c): row(c) for c in range(len(b)) if c not in forget}
+    moved = sorted(kept, key=lambda c: -abs(kept[c]["own_change"]))[:top]
+    gone = {str(c): {"to": seen[max(range(len(seen)), key=lambda k: a[c][k])],
+                     "p": max(a[c])} for c in forget}
+    return {"retained": kept, "most_moved": moved, "forgotten": gone}
 
 
 @torch.no_grad()
@@ -74,10 +103,11 @@ def summarize(results: dict) -> dict:
 
 def compare(before: CVAE, after: CVAE, evaluator, x_test, y_test, forget: list[int], surrogate: str,
             n_samples: int = 1000, seed: int = 0) -> dict:
-    """results.json's ``forget_classes``, ``before``, ``after``, ``surrogate`` and ``summary`` blocks."""
+    """results.json's ``forget_classes``, ``before``, ``after``, ``surrogate``, ``summary`` and ``collateral``."""
     out = {"forget_classes": list(forget)}
     for name, model in (("before", before), ("after", after)):
         out[name] = class_metrics(model, evaluator, x_test, y_test, n_samples, seed)
     out["surrogate"] = surrogate_metrics(surrogate, list(forget), before, after, evaluator, n_samples, seed)
     out["summary"] = summarize(out)
+    out["collateral"] = collateral(out["before"]["confusion"], out["after"]["confusion"], list(forget))
     return out

@@ -36,7 +36,7 @@ def unlearn(ctx: Context) -> Outcome:
     cfg, acc, s = ctx.cfg, ctx.accelerator, ctx.cfg.sa
     budget = s.sa_epochs * math.ceil(s.n_replay / s.batch)
     x, y = _forget_images(cfg)
-    loader = batch_loader(x, y, batch=min(s.batch, len(x)), shuffle=True, seed=cfg.train.seed, drop_last=True)
+    loader = batch_loader(x, y, batch=min(s.batch, len(x)), shuffle=True, seed=cfg.sa_seed, drop_last=True)
     net = wrap_model(acc, plain_copy(ctx.original).requires_grad_(True))
     opt = torch.optim.Adam(net.parameters(), lr=s.lr)
     net, opt, loader = acc.prepare(net, opt, loader)

@@ -1,5 +1,7 @@
-"""Finished runs (results.json) side by side: one table per point (Markdown and JSON), an all-classes summary
-(mean +- std and the worst digit per method), and the trade-off plot (forgotten P vs retained accuracy over lambda).
+"""Finished runs (results.json) side by side: one row per point (Markdown and JSON; the runs of a point that differ
+only in their seed are one row, each number their mean +- sample standard deviation), an all-classes summary (mean
++- std over the classes and the worst digit per method), and the trade-off plot (forgotten P vs retained accuracy
+over lambda, with error bars over seeds).
 
 Seconds of a point are what its method costs on top of the shared baseline: Fisher + SA for the SA family (the
 Fisher's seconds are those it took when computed, also when it came from the cache), the training of the
@@ -48,7 +50,7 @@ def point_row(run_dir: Path) -> dict:
     fc, uses = [str(c) for c in r["forget_classes"]], _uses(method)
     b, a, sur = s["before"], s["after"], r["surrogate"]["nelbo"]
     return {"run": Path(run_dir).name, "method": method, "arch": cfg["model"]["arch"],
-            "forget": [int(c) for c in fc],
+            "forget": [int(c) for c in fc], "seed": cfg["train"]["seed"],
             "lam": cfg["sa"]["lam"] if "lam" in uses else None,
             "gamma": cfg["sa"]["gamma"] if "gamma" in uses else None,
             "forgotten_p": max(a["forgotten_p_class"][k] for k in fc),
@@ -59,7 +61,37 @@ def point_row(run_dir: Path) -> dict:
             "retained_test_nelbo": a["retained_test_nelbo"], "retained_test_nelbo_before": b["retained_test_nelbo"],
             "seconds": (t.get("fisher") or 0.0) + t["unlearn"],
             "seconds_from_cache": bool(t.get("fisher_cached") or t.get("unlearn_cached")),
+            "retained_acc_drop_pts": 100 * (b["retained_sample_acc"] - a["retained_sample_acc"]),
+            "retained_nelbo_rise_pct": 100 * (a["retained_test_nelbo"] / b["retained_test_nelbo"] - 1),
             "baseline_seconds": t.get("baseline"), "method_info": r.get("method_info") or {}}
+
+
+AVERAGED = ("forgotten_p", "forgotten_p_before", "forgotten_entropy", "surrogate_gap_pct", "retained_sample_acc",
+            "retained_sample_acc_before", "retained_test_nelbo", "retained_test_nelbo_before", "retained_acc_drop_pts",
+            "retained_nelbo_rise_pct", "seconds", "baseline_seconds")
+
+
+def _spread(vals: list) -> float:
+    return statistics.stdev(vals) if len(vals) > 1 else 0.0
+
+
+def combine_seeds(runs: list[dict]) -> list[dict]:
+    """One row per point (method, arch, classes, lambda, gamma): every number of ``AVERAGED`` the mean over the
+    point's seeds, with ``<name>_std`` (sample standard deviation, 0 for one seed), ``seeds`` and ``runs``."""
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault((r["method"], r["arch"], tuple(r["forget"]), r["lam"], r["gamma"]), []).append(r)
+    out = []
+    for rs in groups.values():
+        row = {**rs[0], "seeds": sorted(r["seed"] for r in rs), "runs": [r["run"] for r in rs],
+               "seconds_from_cache": any(r["seconds_from_cache"] for r in rs)}
+        row.pop("seed"), row.pop("run")
+        for name in AVERAGED:
+            vals = [r[name] for r in rs if r[name] is not None]
+            row[name] = statistics.fmean(vals) if vals else None
+            row[f"{name}_std"] = _spread(vals) if vals else None
+        out.append(row)
+    return out
 
 
 def add_retrain_ratio(rows: list[dict]) -> None:
@@ -90,11 +122,8 @@ def class_summary(rows: list[dict]) -> list[dict]:
         if len({r["forget"][0] for r in rs}) < 2:
             continue
         stats = {}
-        for name, f in (("forgotten_p", lambda r: r["forgotten_p"]),
-                        ("retained_acc_drop_pts", lambda r: 100 * (r["retained_sample_acc_before"] - r["retained_sample_acc"])),
-                        ("retained_nelbo_rise_pct", lambda r: 100 * (r["retained_test_nelbo"] / r["retained_test_nelbo_before"] - 1)),
-                        ("seconds", lambda r: r["seconds"])):
-            vals = [f(r) for r in rs]
+        for name in ("forgotten_p", "retained_acc_drop_pts", "retained_nelbo_rise_pct", "seconds"):
+            vals = [r[name] for r in rs]
             worst = max(range(len(rs)), key=lambda i: vals[i])
             stats[name] = {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals), "max": vals[worst],
                            "worst_class": rs[worst]["forget"][0]}
@@ -113,24 +142,33 @@ def _nelbo(v: float) -> str:
     return f"{v:.2f}" if abs(v) < 1e5 else f"{v:.2g}"  # naive ascent reaches 1e18
 
 
+def _pm(r: dict, name: str, fmt, scale: float = 1.0, unit: str = "") -> str:
+    """``mean ± std`` of a combined row's number (the mean alone over one seed)."""
+    mean, std = r[name], r.get(f"{name}_std")
+    text = fmt(scale * mean) + unit
+    return text if len(r["seeds"]) < 2 or std is None else f"{text} ± {fmt(scale * std)}{unit}"
+
+
 def markdown(rows: list[dict], summary: list[dict]) -> str:
-    head = ("| method | arch | forget | λ | γ | P(y=c_f) after | H after | retained sample acc | retained test nELBO "
-            "| seconds | / retrain |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    head = ("| method | arch | forget | λ | γ | seeds | P(y=c_f) after | H after | retained sample acc "
+            "| retained test nELBO | seconds | / retrain |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     out, seen = [head], set()
+    p4, p2, pct = (lambda v: f"{v:.4f}"), (lambda v: f"{v:.2f}"), (lambda v: f"{v:.2f}")
     for r in rows:
-        group = (r["arch"], tuple(r["forget"]))
+        group, n = (r["arch"], tuple(r["forget"])), len(r["seeds"])
         if group not in seen:  # the original model theta* as the reference line of each group
             seen.add(group)
-            out.append(f"| original θ* | {r['arch']} | {','.join(map(str, r['forget']))} | – | – "
-                       f"| {r['forgotten_p_before']:.4f} | – | {100 * r['retained_sample_acc_before']:.2f}% "
-                       f"| {_nelbo(r['retained_test_nelbo_before'])} | – | – |")
+            out.append(f"| original θ* | {r['arch']} | {','.join(map(str, r['forget']))} | – | – | {n} "
+                       f"| {_pm(r, 'forgotten_p_before', p4)} | – | {_pm(r, 'retained_sample_acc_before', pct, 100, '%')} "
+                       f"| {_pm(r, 'retained_test_nelbo_before', _nelbo)} | – | – |")
         ratio = _f(r["seconds_vs_retrain"], ".3f")
         if r["seconds_vs_retrain"] is not None and not r["retrain_ref_same_classes"]:
             ratio = f"≈{ratio}"
         out.append(f"| {r['method']} | {r['arch']} | {','.join(map(str, r['forget']))} | {_f(r['lam'], 'g')} "
-                   f"| {_f(r['gamma'], 'g')} | {r['forgotten_p']:.4f} | {r['forgotten_entropy']:.2f} "
-                   f"| {100 * r['retained_sample_acc']:.2f}% | {_nelbo(r['retained_test_nelbo'])} | {r['seconds']:.1f} "
-                   f"| {ratio} |")
+                   f"| {_f(r['gamma'], 'g')} | {n} | {_pm(r, 'forgotten_p', p4)} | {_pm(r, 'forgotten_entropy', p2)} "
+                   f"| {_pm(r, 'retained_sample_acc', pct, 100, '%')} | {_pm(r, 'retained_test_nelbo', _nelbo)} "
+                   f"| {_pm(r, 'seconds', lambda v: f'{v:.1f}')} | {ratio} |")
     if summary:
         out += ["", "| method | arch | λ | classes | P(y=c_f) after: mean ± std (worst) | retained acc drop, points "
                 "(worst) | retained test nELBO rise (worst) | seconds, mean | / retrain |",
@@ -146,10 +184,12 @@ def markdown(rows: list[dict], summary: list[dict]) -> str:
 
 
 def aggregate(paths) -> dict:
-    """``{"points": [...], "classes": [...]}`` for the runs found under ``paths``."""
-    rows = sorted((point_row(d) for d in find_runs(paths)), key=_sort_key)
+    """``{"runs": [...], "points": [...], "classes": [...]}`` for the runs found under ``paths``: every run, the
+    points (runs that differ only in their seed combined), the all-classes summary of the points."""
+    runs = sorted((point_row(d) for d in find_runs(paths)), key=lambda r: (_sort_key(r), r["seed"]))
+    rows = sorted(combine_seeds(runs), key=_sort_key)
     add_retrain_ratio(rows)
-    return {"points": rows, "classes": class_summary(rows)}
+    return {"runs": runs, "points": rows, "classes": class_summary(rows)}
 
 
 def write_summary(paths, prefix: str | Path, title: str = "") -> str:
@@ -174,7 +214,11 @@ def tradeoff_plot(rows: list[dict], path, title: str = "") -> None:
         label = f"{method} ({arch}, forget {','.join(map(str, forget))})"
         pts = sorted(rs, key=lambda r: r["lam"] if r["lam"] is not None else -1)
         xs, ys = [100 * r["retained_sample_acc"] for r in pts], [max(r["forgotten_p"], 1e-4) for r in pts]
-        line = ax.plot(xs, ys, marker=get_method(method).marker if method in method_names() else "o", ls="-" if len(pts) > 1 else "none", label=label)[0]
+        xerr = [100 * (r.get("retained_sample_acc_std") or 0) for r in pts]
+        yerr = [min(r.get("forgotten_p_std") or 0, y - 1e-4 * 0.99) for r, y in zip(pts, ys)]  # stays above the axis
+        marker = get_method(method).marker if method in method_names() else "o"
+        line = ax.errorbar(xs, ys, xerr=xerr, yerr=[yerr, [r.get("forgotten_p_std") or 0 for r in pts]],
+                           marker=marker, ls="-" if len(pts) > 1 else "none", capsize=2, label=label).lines[0]
         if len(pts) > 1 or method == "sa":
             for x, y, r in zip(xs, ys, pts):
                 if r["lam"] is not None:
@@ -188,6 +232,7 @@ def tradeoff_plot(rows: list[dict], path, title: str = "") -> None:
     ax.set_yscale("log")
     ax.set_xlabel("retained classes: mean sample accuracy after (%)")
     ax.set_ylabel("forgotten class: P(y=c_f) after (log; below 1e-4 drawn at 1e-4)")
+    ax.text(0.01, 0.01, "bars: ± one standard deviation over seeds", transform=ax.transAxes, fontsize=7)
     ax.set_title(title or "forgetting vs retention (better: down and right)", fontsize=9)
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="best")

@@ -1,9 +1,10 @@
-"""A grid of unlearning runs: forgotten classes x lambda x gamma x method, each point a run directory.
+"""A grid of unlearning runs: method x forgotten classes x lambda x gamma x seed, each point a run directory.
 
 One grid definition serves both ways of running it: ``scripts/sweep.py`` runs the points one after the other in
 one process from one cached baseline; ``slurm/sweep.sh`` asks ``scripts/sweep.py --task-args I`` for point I's
 ``scripts/unlearn.py`` arguments in each array task. Points a method does not read collapse (``retrain`` ignores
-lambda and gamma, ``no_ewc`` lambda), so every point is a distinct run.
+lambda and gamma, ``no_ewc`` lambda), so every point is a distinct run. A seed sets ``--seed``: the baseline's seed
+and, with it, the unlearning's, so a point's spread over seeds covers both.
 """
 from __future__ import annotations
 
@@ -29,17 +30,21 @@ class Point:
     forget: tuple[int, ...]
     lam: float | None  # None: the method does not read it (or fixes it)
     gamma: float | None
+    seed: int | None = None  # None: the base config's seed
 
     def name(self, arch: str) -> str:
         parts = [arch, self.method, "forget" + "_".join(map(str, self.forget))]
         parts += [f"lam{number(self.lam)}"] if self.lam is not None else []
         parts += [f"gamma{number(self.gamma)}"] if self.gamma is not None else []
+        parts += [f"seed{self.seed}"] if self.seed is not None else []
         return "-".join(parts)
 
     def values(self) -> dict:
         """This point's config values (``with_values`` keys)."""
         out = {"sa.method": self.method, "sa.forget": list(self.forget)}
         out.update({f"sa.{k}": v for k, v in (("lam", self.lam), ("gamma", self.gamma)) if v is not None})
+        if self.seed is not None:
+            out["train.seed"] = self.seed
         return out
 
     def config(self, base: RunConfig) -> RunConfig:
@@ -51,6 +56,7 @@ class Point:
         out = ["--method", self.method, "--forget", *map(str, self.forget)]
         out += ["--lam", number(self.lam)] if self.lam is not None else []
         out += ["--gamma", number(self.gamma)] if self.gamma is not None else []
+        out += ["--seed", str(self.seed)] if self.seed is not None else []
         return out
 
 
@@ -65,12 +71,13 @@ def parse_forget(groups: list[str]) -> list[tuple[int, ...]]:
     return out
 
 
-def make_grid(methods: list[str], forget: list[tuple[int, ...]], lams: list[float], gammas: list[float]) -> list[Point]:
-    """Every distinct point of methods x forget x lams x gammas, in that nesting order."""
+def make_grid(methods: list[str], forget: list[tuple[int, ...]], lams: list[float], gammas: list[float],
+              seeds: list[int | None] = (None,)) -> list[Point]:
+    """Every distinct point of methods x forget x lams x gammas x seeds, in that nesting order."""
     points, seen = [], set()
-    for name, f, lam, gamma in itertools.product(methods, forget, lams, gammas):
+    for name, f, lam, gamma, seed in itertools.product(methods, forget, lams, gammas, seeds):
         uses = get_method(name).uses
-        p = Point(name, f, lam if "lam" in uses else None, gamma if "gamma" in uses else None)
+        p = Point(name, f, lam if "lam" in uses else None, gamma if "gamma" in uses else None, seed)
         if p not in seen:
             seen.add(p)
             points.append(p)
