@@ -4,11 +4,12 @@
 #   sbatch slurm/sweep.sh                                              # SA on each digit 0-9, conv, defaults
 #   FORGET=2 METHODS="sa retrain naive no_ewc no_replay replay_only" sbatch slurm/sweep.sh
 #   LAMS="0 0.1 1 10 100" UNLEARN_ARGS="--arch linear" sbatch slurm/sweep.sh
+#   SEEDS="49 50 51" sbatch slurm/sweep.sh                            # every digit, 3 seeds: mean ± spread
 #
 # This job is small (1 CPU, seconds): it submits three jobs and exits. With SWEEP_WAIT=1 it stays (holding its CPU)
 # until the last one ends, so `SWEEP_WAIT=1 sbatch --wait slurm/sweep.sh` returns when the summary is written,
 # with the summary's exit status (the node needs a second CPU for the work meanwhile):
-#   1. prepare   `scripts/sweep.py --prepare`: evaluator, baseline and Fisher into $SA_DIST_CACHE, trained once;
+#   1. prepare   `scripts/sweep.py --prepare`: evaluator, baseline and Fisher (one per seed) into $SA_DIST_CACHE;
 #   2. the array (after 1 succeeded): task I runs `accelerate launch scripts/unlearn.py <point I's flags>`,
 #                the point chosen by $SLURM_ARRAY_TASK_ID (`scripts/sweep.py --task-args I`); every task reads
 #                the baseline and Fisher from the shared cache;
@@ -32,6 +33,7 @@ set -euo pipefail
 : "${METHODS:=sa}"                             # sa retrain naive no_ewc no_replay replay_only
 : "${LAMS:=}"                                  # lambda values (empty: the default, 1)
 : "${GAMMAS:=}"                                # gamma values (empty: the default, 1)
+: "${SEEDS:=}"                                 # seeds, each a baseline's and its unlearning's (empty: the default)
 : "${UNLEARN_ARGS:=}"                          # flags for every point, e.g. "--arch linear --sa_epochs 5"
 # --- resources -----------------------------------------------------------------------------------------------
 : "${PARTITION:=}"                             # empty: the cluster's default partition
@@ -47,14 +49,15 @@ set -euo pipefail
 : "${PYTHON:=python}"
 : "${SWEEP_WAIT:=0}"                           # 1: this job waits for the summary (holding 1 CPU); 0: exits
 : "${SWEEP_STAGE:=submit}"                     # internal: submit | prepare | task | aggregate
-export SA_DIST_DIR OUT LOG_DIR SA_DIST_CACHE FORGET METHODS LAMS GAMMAS UNLEARN_ARGS PARTITION ACCOUNT \
+export SA_DIST_DIR OUT LOG_DIR SA_DIST_CACHE FORGET METHODS LAMS GAMMAS SEEDS UNLEARN_ARGS PARTITION ACCOUNT \
   CPUS_PER_TASK GPUS_PER_TASK MEM TIME_PREPARE TIME_TASK MAX_PARALLEL SETUP PYTHON SWEEP_WAIT
 export PYTHONPATH="$SA_DIST_DIR${PYTHONPATH:+:$PYTHONPATH}" OMP_NUM_THREADS="${OMP_NUM_THREADS:-$CPUS_PER_TASK}"
 
 cd "$SA_DIST_DIR"
 eval "$SETUP"
 # shellcheck disable=SC2206  # the lists are meant to split into words
-GRID=(--out-dir "$OUT" --forget $FORGET --method $METHODS ${LAMS:+--lam $LAMS} ${GAMMAS:+--gamma $GAMMAS} $UNLEARN_ARGS)
+GRID=(--out-dir "$OUT" --forget $FORGET --method $METHODS ${LAMS:+--lam $LAMS} ${GAMMAS:+--gamma $GAMMAS}
+      ${SEEDS:+--seeds $SEEDS} $UNLEARN_ARGS)
 LAUNCH=(accelerate launch --num_machines 1 --num_processes "$(( GPUS_PER_TASK > 1 ? GPUS_PER_TASK : 1 ))"
         --mixed_precision no --dynamo_backend no)
 if (( GPUS_PER_TASK > 1 )); then LAUNCH+=(--multi_gpu); fi
