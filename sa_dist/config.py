@@ -57,6 +57,8 @@ class RunConfig:
     mixed_precision: str = arg("no", "no | fp16 | bf16 (fp16 needs a GPU); the Fisher and EWC stay float32",
                                shown="no, or accelerate launch's setting")
     sync_bn: bool = arg(True, "several processes: SyncBatchNorm on CUDA, BN statistics averaged on CPU")
+    threads: Optional[int] = arg(None, "torch threads of each CPU process (or $SA_DIST_THREADS)",
+                                 shown="the cores free to it / its node's processes")  # accelerate launch sets 1
     data_dir: Optional[str] = arg(None, "folder with the four MNIST files", shown="the package's copy")
     quick: bool = arg(False, "a ~1 min smoke run on a CPU that already shows forgetting")
 
@@ -165,6 +167,8 @@ def validate(cfg: RunConfig) -> RunConfig:
         if not (math.isfinite(v) and v >= 0):
             raise UsageError(f"{name} must be a finite number >= 0, got {v}")
     _check_forget(s.forget, m.n_classes)
+    if cfg.threads is not None and cfg.threads < 1:
+        raise UsageError(f"--threads must be >= 1 (or unset for the cores / processes rule), got {cfg.threads}")
     if cfg.mixed_precision not in MIXED_PRECISION:
         raise UsageError(f"--mixed-precision must be one of {', '.join(MIXED_PRECISION)}, got {cfg.mixed_precision!r}")
     get_surrogate(s.surrogate, s.forget, m.n_classes)

@@ -50,7 +50,7 @@ def _start(cfg: RunConfig, run_dir, checkpoint, accelerator, resume: bool):
     prepare_mnist(cfg.data_dir)
     if checkpoint:
         load_checkpoint(checkpoint, expect=cfg.model)
-    accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision)
+    accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision, threads=cfg.threads)
     out_dir = new_run_dir(cfg, run_dir, accelerator, resume)
     if accelerator.is_main_process:
         save_config(cfg, out_dir / "config.yaml")
@@ -116,7 +116,7 @@ def run_baseline(cfg: RunConfig, run_dir: str | None = None, accelerator=None,
     """Train, save ``baseline.safetensors``, ``config.yaml``, ``metrics.json`` (main process) and TensorBoard logs.
     ``resume``: continue the interrupted run in ``run_dir`` from its saved state."""
     prepare_mnist(cfg.data_dir)  # a bad data file costs one line before anything is written
-    accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision)
+    accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision, threads=cfg.threads)
     out = new_run_dir(cfg, run_dir, accelerator, resume, finished="baseline.safetensors")
     if accelerator.is_main_process:
         save_config(cfg, out / "config.yaml")
@@ -143,7 +143,7 @@ def run_baseline(cfg: RunConfig, run_dir: str | None = None, accelerator=None,
 def prepare_cache(cfg: RunConfig, needs_fisher: bool, checkpoint: str | None = None, accelerator=None) -> dict:
     """Fill the cache a series of runs shares: the evaluator, the baseline and (``needs_fisher``) its Fisher. Run
     once before them (the SLURM sweep's dependency job); returns what was cached or computed."""
-    accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision)
+    accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision, threads=cfg.threads)
     get_evaluator(accelerator, cfg.data_dir, limit=cfg.train.limit)
     model, base = get_baseline(cfg, accelerator, checkpoint)
     out = {"baseline": base["key"], "baseline_cached": base["cached"]}
@@ -163,7 +163,7 @@ def run_many(jobs: list[tuple[RunConfig, Path]], checkpoint: str | None = None, 
         if (Path(run_dir) / "results.json").exists():
             log(f"{tag}: finished before, kept")
             continue
-        accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision)
+        accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision, threads=cfg.threads)
         log(f"{tag} (load average {os.getloadavg()[0]:.2f})")
         try:
             t0 = time.perf_counter()

@@ -1,9 +1,11 @@
-"""The runtime every stage shares: the one Accelerator factory, TensorBoard tracking, and the DDP helpers
-(batch norm over processes, stopping on a non-finite loss). Nothing here knows about cVAEs or configs."""
+"""The runtime every stage shares: the one Accelerator factory (with the CPU thread count of each process),
+TensorBoard tracking, and the DDP helpers (batch norm over processes, stopping on a non-finite loss). Nothing here
+knows about cVAEs or configs."""
 from __future__ import annotations
 
 import math
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 
@@ -19,21 +21,86 @@ class NonFiniteLoss(UserError):
     """A NaN or Inf loss: training stops, naming the step and the term."""
 
 
-def make_accelerator(cpu: bool | None = None, mixed_precision: str = "no", project_dir: str | None = None):
+THREADS_ENV = "SA_DIST_THREADS"
+_logged: list = []  # the thread count already logged by this process (logged once)
+
+
+def processes_on_node(env=os.environ) -> int:
+    """How many processes of this job share this node: ``LOCAL_WORLD_SIZE`` (torchrun, ``accelerate launch``),
+    else SLURM's tasks on this node when ``srun`` started this process as a task, else 1."""
+    if env.get("LOCAL_WORLD_SIZE", "").isdigit():
+        return max(1, int(env["LOCAL_WORLD_SIZE"]))
+    if "SLURM_LOCALID" in env:  # an srun task (not the batch script, which also holds SLURM_* variables)
+        per_node = _slurm_counts(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", ""))
+        if per_node:
+            node = int(env.get("SLURM_NODEID", "0") or 0)
+            return max(1, per_node[min(node, len(per_node) - 1)])
+        if env.get("SLURM_NTASKS_PER_NODE", "").isdigit():
+            return max(1, int(env["SLURM_NTASKS_PER_NODE"]))
+    return 1
+
+
+def _slurm_counts(text: str) -> list[int]:
+    """SLURM's per-node task list, e.g. ``"2(x3),1"`` -> [2, 2, 2, 1]; [] when absent or unreadable."""
+    out = []
+    for part in filter(None, text.split(",")):
+        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if not m:
+            return []
+        out += [int(m.group(1))] * int(m.group(2) or 1)
+    return out
+
+
+def thread_count(requested: int | None = None, env=os.environ, cores: int | None = None) -> tuple[int, str]:
+    """The torch threads of this CPU process and why: ``requested`` (the ``--threads`` flag), else
+    ``$SA_DIST_THREADS``, else the cores this process may run on divided by the processes on its node (min 1)."""
+    if requested is not None:
+        if requested < 1:
+            raise UsageError(f"--threads must be >= 1, got {requested}")
+        return requested, "--threads"
+    if env.get(THREADS_ENV):
+        value = env[THREADS_ENV]
+        if not value.isdigit() or int(value) < 1:
+            raise UsageError(f"${THREADS_ENV} must be a positive integer, got {value!r}")
+        return int(value), f"${THREADS_ENV}"
+    cores = cores or len(os.sched_getaffinity(0))
+    procs = processes_on_node(env)
+    return max(1, cores // procs), f"{cores} cores / {procs} process(es) on this node"
+
+
+def configure_threads(requested: int | None = None, env=os.environ) -> tuple[int, str]:
+    """Set torch's intra-op threads by ``thread_count``; this overrides the ``OMP_NUM_THREADS=1`` that
+    ``accelerate launch`` and torchrun set for every process they start. Returns (threads, why)."""
+    n, why = thread_count(requested, env)
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    return n, why
+
+
+def make_accelerator(cpu: bool | None = None, mixed_precision: str = "no", project_dir: str | None = None,
+                     threads: int | None = None):
     """One Accelerator per process. CPU unless CUDA is there; TensorBoard logs under ``project_dir``.
     ``$SA_DIST_TIMEOUT`` (seconds, default 1800): a collective waiting longer on a stuck process fails the job.
     A prepared loader's batch size is the global batch, split over the processes (``split_batches``), so a run
-    takes the same steps per epoch on any number of processes."""
+    takes the same steps per epoch on any number of processes. On CPU each process then runs ``threads`` torch
+    threads (``configure_threads``; None: its share of the node's cores), logged once by the main process."""
     if cpu is None:
         cpu = not torch.cuda.is_available()
     if cpu and mixed_precision == "fp16":  # Accelerate would silently run float32
         raise UsageError("--mixed-precision fp16 needs a GPU; on CPU use bf16 or no")
     project_dir = str(project_dir or Path.cwd() / "runs")
     timeout = timedelta(seconds=float(os.environ.get("SA_DIST_TIMEOUT", 1800)))  # a stuck collective fails after it
-    return Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with="tensorboard",
-                       project_config=ProjectConfiguration(project_dir=project_dir, logging_dir=project_dir),
-                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, split_batches=True),
-                       kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
+    accelerator = Accelerator(cpu=cpu, mixed_precision=mixed_precision, log_with="tensorboard",
+                              project_config=ProjectConfiguration(project_dir=project_dir, logging_dir=project_dir),
+                              dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True,
+                                                                        split_batches=True),
+                              kwargs_handlers=[InitProcessGroupKwargs(timeout=timeout)])
+    if accelerator.device.type == "cpu" or threads is not None:  # after Accelerate, which may set its own count
+        n, why = configure_threads(threads)
+        if _logged != [n]:
+            _logged[:] = [n]
+            accelerator.print(f"sa_dist: {n} CPU thread(s) per process ({why})")
+    return accelerator
 
 
 def start_tracking(accelerator: Accelerator, log_dir: str | Path, name: str, config: dict | None = None):

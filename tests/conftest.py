@@ -15,6 +15,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 os.environ["SA_DIST_CACHE"] = tempfile.mkdtemp(prefix="sa_dist_test_cache_")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+os.environ.setdefault("SA_DIST_THREADS", "2")  # every test process, whatever launched it (the rule itself is unit-tested)
 LIMIT = 2000  # images per split in tests
 
 

@@ -16,7 +16,7 @@ from ..methods import method_names
 from ..resume import Interrupted
 from ..utils import UsageError, UserError
 
-MODEL_TRAIN = ("model", "train", "mixed_precision", "sync_bn", "data_dir")  # the flags of baseline training
+MODEL_TRAIN = ("model", "train", "mixed_precision", "sync_bn", "threads", "data_dir")  # the flags of baseline training
 UNLEARN = (*MODEL_TRAIN, "sa", "eval_samples", "quick")  # ... and of unlearning
 
 
