@@ -8,7 +8,7 @@
 #                       else the count `nvidia-smi -L` reports, else 0 = a CPU-only node)
 #   CPU_PROCS_PER_NODE  processes per node on a CPU-only node (default 2); the node's CPUs are shared out as threads
 #   MAIN_PORT           rendezvous port on the first node (default 29500)
-#   ACCELERATE_CONFIG   an accelerate config file to start from (e.g. accelerate_config.yaml), optional
+#   ACCELERATE_CONFIG   an accelerate config file to start from (e.g. accelerate_multi_gpu.yaml), optional
 set -euo pipefail
 
 if [ "${1:-}" != --on-node ]; then  # in the batch script: settle the layout once, then one launcher per node

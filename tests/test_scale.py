@@ -103,11 +103,11 @@ def test_bf16_trains_and_unlearns_under_autocast_while_fisher_and_ewc_stay_float
     assert all(p.dtype == torch.float32 for p in after.state_dict().values() if p.is_floating_point())
 
 
-def test_accelerate_config_is_valid_and_documented():
-    cfg = load_config_from_file(str(ROOT / "accelerate_config.yaml"))
+def test_multi_gpu_accelerate_config_is_valid_and_documented():
+    cfg = load_config_from_file(str(ROOT / "accelerate_multi_gpu.yaml"))
     assert cfg.distributed_type == "MULTI_GPU" and cfg.num_machines == 1 and cfg.mixed_precision == "no"
     assert cfg.main_process_port == 29500 and cfg.num_processes >= 2
-    text = (ROOT / "accelerate_config.yaml").read_text()
+    text = (ROOT / "accelerate_multi_gpu.yaml").read_text()
     for key in ("num_processes", "mixed_precision", "main_process_port"):  # each field a comment
         line = next(l for l in text.splitlines() if l.startswith(key + ":"))
         assert "#" in line, line

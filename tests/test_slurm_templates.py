@@ -33,7 +33,7 @@ def test_train_template_runs_two_cpu_processes_on_slurm(slurm_cluster, tmp_path)
 def test_unlearn_template_with_the_accelerate_config_runs_two_cpu_processes_on_slurm(slurm_cluster, tmp_path):
     from test_scripts import TINY
     r, log = sbatch(slurm_cluster, "slurm/unlearn.sh", tmp_path / "job.log", *TINY, "--run-dir", tmp_path / "run",
-                    extra_env={"ACCELERATE_CONFIG": "accelerate_config.yaml"})
+                    extra_env={"ACCELERATE_CONFIG": "accelerate_multi_gpu.yaml"})
     assert r.returncode == 0, r.stderr + log[-3000:]
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     assert res["processes"] == 2 and res["config"]["sync_bn"] is True
