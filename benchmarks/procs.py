@@ -47,7 +47,7 @@ def run(n: int, arch: str, run_dir: Path, threads: int, extra: list) -> dict:
                 [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n),
                  "--master_port", str(free_port())])
     cache = fresh_cache()
-    env = {**os.environ, "SA_DIST_CACHE": cache, "OMP_NUM_THREADS": str(threads)}
+    env = {**os.environ, "SA_DIST_CACHE": cache, "OMP_NUM_THREADS": str(threads), "SA_DIST_THREADS": str(threads)}
     load = os.getloadavg()[0]
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()

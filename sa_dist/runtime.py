@@ -27,16 +27,14 @@ _logged: list = []  # the thread count already logged by this process (logged on
 
 def processes_on_node(env=os.environ) -> int:
     """How many processes of this job share this node: ``LOCAL_WORLD_SIZE`` (torchrun, ``accelerate launch``),
-    else SLURM's tasks on this node when ``srun`` started this process as a task, else 1."""
+    else this node's tasks of the SLURM step when ``srun`` started this process, else 1. (Not the batch script's
+    ``SLURM_NTASKS_PER_NODE``: it holds the allocation's count while one process runs the script.)"""
     if env.get("LOCAL_WORLD_SIZE", "").isdigit():
         return max(1, int(env["LOCAL_WORLD_SIZE"]))
-    if "SLURM_LOCALID" in env:  # an srun task (not the batch script, which also holds SLURM_* variables)
-        per_node = _slurm_counts(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE", ""))
-        if per_node:
-            node = int(env.get("SLURM_NODEID", "0") or 0)
-            return max(1, per_node[min(node, len(per_node) - 1)])
-        if env.get("SLURM_NTASKS_PER_NODE", "").isdigit():
-            return max(1, int(env["SLURM_NTASKS_PER_NODE"]))
+    per_node = _slurm_counts(env.get("SLURM_STEP_TASKS_PER_NODE", ""))  # set by srun for its tasks only
+    if per_node:
+        node = int(env.get("SLURM_NODEID", "0") or 0)
+        return max(1, per_node[min(node, len(per_node) - 1)])
     return 1
 
 

@@ -1,5 +1,6 @@
 """The launchers: the shipped one-process Accelerate config (no "values were not passed" block), the thread count
 every launched process logs, and benchmarks/launchers.py's argument handling."""
+import importlib.util
 import logging
 import os
 import subprocess
@@ -52,3 +53,43 @@ def test_accelerate_launch_with_the_config_is_quiet_and_uses_every_core(tmp_path
     line = f"sa_dist: {cores} CPU thread(s) per process ({cores} cores / 1 process(es) on this node)"
     assert r.stdout.count(line) == 1, r.stdout[-2000:]  # despite the OMP_NUM_THREADS=1 accelerate launch sets
     assert (tmp_path / "run" / "results.json").is_file()
+
+
+def load_benchmark(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+launchers = load_benchmark("launchers")
+
+
+def test_launchers_splits_its_flags_from_the_script_args():
+    a = launchers.parse_args(["--repeats", "3", "--launchers", "python", "accelerate", "torchrun", "--", "--quick",
+                              "--forget", "2"])
+    assert a.repeats == 3 and a.launchers == ["python", "accelerate", "torchrun"]
+    assert a.script_args == ["--quick", "--forget", "2"] and a.script == "scripts/unlearn.py"
+    a = launchers.parse_args([])
+    assert a.repeats == 3 and a.launchers == list(launchers.LAUNCHERS) and a.script_args == []
+
+
+@pytest.mark.parametrize("argv,match", [(["--launchers", "mpirun"], "invalid choice: 'mpirun'"),
+                                        (["--repeats", "0"], "--repeats must be >= 1"),
+                                        (["--", "--quick", "--run-dir", "x"], "own run directory"),
+                                        (["--launchers", "python", "python"], "named twice"),
+                                        (["--quick"], "unrecognized arguments: --quick")])  # script args after --
+def test_launchers_bad_arguments_exit_2(argv, match, capsys):
+    with pytest.raises(SystemExit) as e:
+        launchers.parse_args(argv)
+    assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_launcher_commands_and_summary(tmp_path):
+    cmds = {n: launchers.command(n, "scripts/unlearn.py", ["--quick"], tmp_path / n) for n in launchers.LAUNCHERS}
+    assert cmds["python"] == [sys.executable, "scripts/unlearn.py", "--quick", "--run-dir", str(tmp_path / "python")]
+    assert cmds["accelerate"][1:4] == ["launch", "--config_file", str(ROOT / "accelerate_config.yaml")]
+    assert cmds["torchrun"][1:5] == ["-m", "torch.distributed.run", "--nproc_per_node", "1"]
+    s = launchers.summary({"python": [10.0, 12.0, 11.0], "accelerate": [11.0, 13.0, 12.1]})
+    assert s["python"]["median_s"] == 11.0 and s["accelerate"]["ratio_to_python"] == 1.1
+    assert launchers.summary({"torchrun": [3.0]})["torchrun"]["ratio_to_python"] is None

@@ -24,8 +24,8 @@ def restore_threads():
     ({"LOCAL_WORLD_SIZE": "4", "SLURM_LOCALID": "0", "SLURM_STEP_TASKS_PER_NODE": "1(x2)"}, 4),  # srun + launcher
     ({"SLURM_LOCALID": "1", "SLURM_STEP_TASKS_PER_NODE": "4(x2),2", "SLURM_NODEID": "2"}, 2),  # srun tasks
     ({"SLURM_LOCALID": "0", "SLURM_STEP_TASKS_PER_NODE": "3(x2)", "SLURM_NODEID": "1"}, 3),
-    ({"SLURM_LOCALID": "0", "SLURM_NTASKS_PER_NODE": "8"}, 8),
-    ({"SLURM_NTASKS_PER_NODE": "8", "SLURM_TASKS_PER_NODE": "8"}, 1),  # the batch script itself: one process
+    ({"SLURM_NTASKS_PER_NODE": "8", "SLURM_TASKS_PER_NODE": "8", "SLURM_LOCALID": "0"}, 1),  # the batch script
+    ({"SLURM_STEP_TASKS_PER_NODE": "x(2)"}, 1),
     ({"LOCAL_WORLD_SIZE": "junk"}, 1),
 ])
 def test_processes_on_node(env, procs):
