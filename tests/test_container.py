@@ -1,12 +1,18 @@
-"""The Dockerfile without a Docker engine: hadolint is clean, every file it copies exists, and its default command
-(ENTRYPOINT + CMD) works when run directly from a tree laid out as the image's /work."""
+"""The Dockerfile without a Docker engine: hadolint is clean, every file it copies exists, the install is the
+README's, and its default command (ENTRYPOINT + CMD) works when run directly from a tree laid out as the image's
+WORKDIR, as a uid the image does not know (as `docker run --user "$(id -u):$(id -g)"` runs it)."""
 import json
 import os
 import shutil
 import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
+import accelerate
 import pytest
+import torch
+import torchvision
 
 from conftest import ROOT
 from test_scripts import TINY
@@ -79,13 +85,82 @@ def image_tree(dest: Path) -> Path:
     return dest
 
 
+UID = 4242  # a host user's uid that the image does not know (not its 1000)
+
+
+def as_other_uid(cmd: list[str]) -> list[str]:
+    """``cmd`` run as uid/gid ``UID`` (setpriv, as root); it may still read root's Python (/root is 0700) but writes
+    only where ``UID`` may. Without root or setpriv: ``cmd`` as this user."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return cmd
+    return ["setpriv", f"--reuid={UID}", f"--regid={UID}", "--clear-groups", "--inh-caps=+dac_read_search",
+            "--ambient-caps=+dac_read_search", *cmd]
+
+
+def image_like() -> tuple[Path, dict]:
+    """A tree laid out as the image's WORKDIR, with its world-writable /cache and $HOME, readable by any uid; runs/
+    stands for a bind-mounted host folder owned by the host user (``UID``). Returns (tree, environment)."""
+    top = Path(tempfile.mkdtemp(prefix="sa_dist_image_"))  # pytest's tmp_path is private to root
+    top.chmod(0o755)
+    work = image_tree(top / "app")
+    for name in ("cache", "home"):
+        (top / name).mkdir(mode=0o1777)
+        (top / name).chmod(0o1777)
+    (work / "runs").mkdir()
+    if os.geteuid() == 0:
+        os.chown(work / "runs", UID, UID)
+    env = {**os.environ, "PYTHONPATH": str(work), "SA_DIST_CACHE": str(top / "cache"), "HOME": str(top / "home"),
+           "MPLBACKEND": "Agg", "PATH": f"{os.path.dirname(sys.executable)}{os.pathsep}{os.environ['PATH']}"}
+    for var in ("HF_HOME", "MPLCONFIGDIR"):
+        env.pop(var, None)
+    return work, env
+
+
+def default_command(work: Path) -> list[str]:
+    """ENTRYPOINT + CMD, the entrypoint's absolute path (under WORKDIR) mapped into ``work``."""
+    entry = [a.replace(one("WORKDIR").rstrip("/") + "/", f"{work}/", 1) for a in json.loads(one("ENTRYPOINT"))]
+    return entry + json.loads(one("CMD"))
+
+
 @pytest.mark.slow
-def test_default_command_runs_directly(tmp_path):
-    work = image_tree(tmp_path / "work")
-    assert shutil.which("accelerate"), "accelerate not on PATH"
-    cmd = json.loads(one("ENTRYPOINT")) + json.loads(one("CMD")) + TINY + ["--run-dir", "runs/smoke"]
-    env = {**os.environ, "PYTHONPATH": str(work), "HF_HOME": str(tmp_path / "hf"), "MPLBACKEND": "Agg"}
-    r = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    res = json.loads((work / "runs" / "smoke" / "results.json").read_text())
-    assert res["forget_classes"] == [2] and res["processes"] == 1
+def test_default_command_runs_as_a_uid_the_image_does_not_know():
+    work, env = image_like()
+    try:
+        cmd = as_other_uid(default_command(work) + TINY + ["--run-dir", "runs/smoke"])
+        r = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "were not passed to `accelerate launch`" not in r.stderr  # the CMD's config file is complete
+        res = json.loads((work / "runs" / "smoke" / "results.json").read_text())
+        assert res["forget_classes"] == [2] and res["processes"] == 1
+        if os.geteuid() == 0:  # the host user owns what the run wrote
+            assert (work / "runs" / "smoke" / "results.json").stat().st_uid == UID
+    finally:
+        shutil.rmtree(work.parent, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_an_unwritable_runs_folder_is_one_line():
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        pytest.skip("needs root and setpriv to run as another uid")
+    work, env = image_like()
+    try:
+        os.chown(work / "runs", 0, 0)  # a folder mounted without --user: not the running uid's
+        (work / "runs").chmod(0o755)
+        r = subprocess.run(as_other_uid(default_command(work)), cwd=work, env=env, capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert f"{work}/runs is not writable by uid {UID}" in r.stderr and "--user" in r.stderr
+    finally:
+        shutil.rmtree(work.parent, ignore_errors=True)
+
+
+def test_readme_ci_and_image_install_the_same_pinned_versions():
+    readme = next(l for l in (ROOT / "README.md").read_text().splitlines() if l.startswith("pip install"))
+    ci = next(l for l in (ROOT / ".ci" / "run").read_text().splitlines() if "pip install -r" in l)
+    args = readme.split("#")[0].split()[2:]
+    assert args == ["-r", "requirements.txt", "-c", "constraints.txt"] and ci.split()[-4:] == args
+    run = next(rest for word, rest in instructions() if word == "RUN" and "requirements" in rest)
+    assert "-c constraints.txt" in run and any("constraints.txt" in srcs for srcs, _ in copies())
+    pins = dict(l.split("==") for l in (ROOT / "constraints.txt").read_text().splitlines() if "==" in l)
+    assert pins["torch"] == torch.__version__.split("+")[0] and pins["accelerate"] == accelerate.__version__
+    assert pins["torchvision"] == torchvision.__version__.split("+")[0]
