@@ -1,12 +1,14 @@
 """The launchers: the shipped one-process Accelerate config (no "values were not passed" block), the thread count
 every launched process logs, and benchmarks/launchers.py's argument handling."""
 import importlib.util
+import json
 import logging
 import os
 import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
@@ -93,3 +95,54 @@ def test_launcher_commands_and_summary(tmp_path):
     s = launchers.summary({"python": [10.0, 12.0, 11.0], "accelerate": [11.0, 13.0, 12.1]})
     assert s["python"]["median_s"] == 11.0 and s["accelerate"]["ratio_to_python"] == 1.1
     assert launchers.summary({"torchrun": [3.0]})["torchrun"]["ratio_to_python"] is None
+
+
+gpu_check = load_benchmark("gpu_check")
+
+
+def fake_results(p_after=0.001, processes=1, mp="bf16") -> dict:
+    return {"config": {"train": {"limit": None, "epochs": 2, "batch": 256}, "mixed_precision": mp,
+                       "sa": {"sa_epochs": 3, "n_replay": 15360, "batch": 256}},
+            "processes": processes, "timing_s": {"baseline": 4.7, "fisher": 0.5, "unlearn": 6.0},
+            "summary": {"before": {"forgotten_p_class": {"2": 0.9}, "retained_sample_acc": 0.95},
+                        "after": {"forgotten_p_class": {"2": p_after}, "retained_sample_acc": 0.94}}}
+
+
+def test_gpu_check_arguments(capsys):
+    a = gpu_check.parse_args([])
+    assert a.out == "gpu_check.json" and a.precisions == ["fp32", "bf16", "fp16"] and not a.skip_multi
+    assert gpu_check.parse_args(["--precisions", "bf16", "--skip-multi"]).precisions == ["bf16"]
+    for bad, match in ((["--precisions", "fp8"], "invalid choice: 'fp8'"), (["--timeout", "0"], "must be positive")):
+        with pytest.raises(SystemExit) as e:
+            gpu_check.parse_args(bad)
+        assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_gpu_check_without_cuda_is_one_line_and_exit_1(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(gpu_check.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        gpu_check.main(["--out", str(tmp_path / "g.json")])
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and err.count("\n") == 1 and err.startswith("gpu_check: no CUDA device here")
+    assert not (tmp_path / "g.json").exists()
+
+
+def test_gpu_check_record_shape_from_fake_measurements():
+    run = gpu_check.run_record(fake_results(), wall_s=20.04, peak_mib=1234)
+    assert run["ok"] and run["baseline_steps_per_s"] == round(2 * 235 / 4.7, 1) and run["sa_steps_per_s"] == 30.0
+    assert run["peak_gpu_memory_mib"] == 1234 and run["mixed_precision"] == "bf16" and run["wall_s"] == 20.0
+    assert not gpu_check.run_record(fake_results(p_after=0.2), 1.0, None)["ok"]  # forgot too little
+    fisher = {"ok": True, "rel_diff_float64": 1e-15, "rel_diff_float32": 2e-6}
+    rec = gpu_check.build_record({"gpus": ["X"]}, {"fp32": run, "bf16": run}, fisher, {"skipped": "1 GPU"}, 61.26)
+    assert rec["ok"] and rec["total_s"] == 61.3 and rec["multi_gpu"] == {"skipped": "1 GPU"}
+    assert set(rec) == {"ok", "machine", "bars", "one_gpu", "fisher_cuda_fast_vs_loop", "multi_gpu", "total_s"}
+    json.dumps(rec)  # one JSON file
+    bad = gpu_check.build_record({}, {"fp16": gpu_check.failed_record("boom", 3.0)}, fisher, {"skipped": "x"}, 1)
+    assert not bad["ok"] and bad["one_gpu"]["fp16"]["stderr_tail"] == "boom"
+    assert not gpu_check.build_record({}, {"fp32": run}, fisher, {**run, "ok": False}, 1)["ok"]
+
+
+def test_fisher_rel_diff():
+    loop = {"w": torch.tensor([1.0, 2.0]), "b": torch.tensor([4.0])}
+    assert gpu_check.max_rel_diff({"w": torch.tensor([1.0, 2.2]), "b": torch.tensor([4.0])}, loop) == \
+        pytest.approx(0.1)
