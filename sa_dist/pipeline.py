@@ -16,6 +16,7 @@ from .config import RunConfig, apply_quick, save_config, validate, with_values
 from .data import load_mnist, prepare_mnist
 from .evaluation.evaluator import get_evaluator
 from .evaluation.metrics import class_metrics, compare
+from .evaluation.paper import get_paper_classifier, paper_protocol
 from .methods import Context, get_method
 from .resume import checkpointer, drop_state
 from .runs import load_results, new_run_dir, resumed_checkpoint
@@ -31,6 +32,9 @@ def evaluate_run(cfg: RunConfig, before, after, device) -> tuple[dict, float]:
     x_test, y_test = load_mnist(False, cfg.data_dir, cfg.train.limit)
     out = {"evaluator": ev_info, **compare(before.to(device), after.to(device), evaluator, x_test, y_test,
                                            cfg.sa.forget, cfg.sa.surrogate, cfg.eval_samples, cfg.train.seed)}
+    if cfg.protocol == "paper":
+        classifier, info = get_paper_classifier(None, cfg.data_dir, limit=cfg.train.limit, device=device)
+        out["paper_protocol"] = paper_protocol(before, after, classifier, info, cfg.sa.forget, seed=cfg.train.seed)
     return out, time.perf_counter() - t0
 
 
@@ -57,6 +61,8 @@ def _start(cfg: RunConfig, run_dir, checkpoint, accelerator, resume: bool):
         if checkpoint:  # --resume finds it here
             atomic_write_text(out_dir / "checkpoint.txt", str(Path(checkpoint).resolve()) + "\n")
     get_evaluator(accelerator, cfg.data_dir, limit=cfg.train.limit)
+    if cfg.protocol == "paper":
+        get_paper_classifier(accelerator, cfg.data_dir, limit=cfg.train.limit)
     return checkpoint, accelerator, out_dir
 
 
@@ -192,13 +198,20 @@ def redraw_run(run_dir: str | Path, baseline: str | Path | None = None) -> list[
 
 
 def report_line(results: dict, run_dir) -> str:
-    """A few lines for the terminal: forgetting, retention, cost, where the files are."""
+    """A few lines for the terminal: forgetting, retention, (``--protocol paper``) the official numbers, cost,
+    where the files are."""
     s, t = results["summary"], results["timing_s"]
+    paper = "".join(f"paper protocol, class {c}: entropy {v['after']['entropy']:.2f}, P(y={c}) "
+                    f"{v['after']['p_forgotten']:.4f} (official README, digit 0: 2.19, 0.058)\n"
+                    for c, v in (results.get("paper_protocol") or {}).get("per_class", {}).items())
+    rej = s["after"].get("forgotten_p_reject") or {}
     f = ", ".join(f"{k}: P {s['before']['forgotten_p_class'][k]:.3f} -> {v:.4f} "
-                  f"(H {s['after']['forgotten_entropy'][k]:.2f})" for k, v in s["after"]["forgotten_p_class"].items())
+                  f"(H {s['after']['forgotten_entropy'][k]:.2f}"
+                  + (f", P(reject) {rej[k]:.3f}" if rej.get(k) is not None else "") + ")"
+                  for k, v in s["after"]["forgotten_p_class"].items())
     sur = results["surrogate"]["nelbo"]
     return (f"forgotten {f}; surrogate nELBO {sur['before']:.1f} -> {sur['after']:.1f} (floor {sur['floor']})\n"
             f"retained sample_acc {s['before']['retained_sample_acc']:.4f} -> {s['after']['retained_sample_acc']:.4f}, "
             f"test nELBO {s['before']['retained_test_nelbo']:.2f} -> {s['after']['retained_test_nelbo']:.2f}\n"
-            f"seconds: baseline {t['baseline']}, fisher {t['fisher']:.1f}, SA {t['unlearn']:.1f}, "
+            f"{paper}seconds: baseline {t['baseline']}, fisher {t['fisher']:.1f}, SA {t['unlearn']:.1f}, "
             f"evaluate {t['evaluate']:.1f}\nresults: {run_dir}/results.json\nreport: {run_dir}/report.html")

@@ -18,13 +18,15 @@ from .figures import FIGURES
 from .plots import plot_baseline_curves, plot_sa_curves
 
 KNOWN = {"config", "processes", "forget_classes", "before", "after", "surrogate", "summary", "evaluator", "baseline",
-         "sa_history", "timing_s", "latent", "environment", "collateral"}
-METRICS = (("p_class", "P(y=c)", ".4f"), ("sample_acc", "sample acc", ".4f"), ("entropy", "entropy (nats)", ".3f"),
-           ("test_nelbo", "test nELBO", ".2f"))
+         "sa_history", "timing_s", "latent", "environment", "collateral", "paper_protocol"}
+METRICS = (("p_class", "P(y=c)", ".4f"), ("p_reject", "P(reject)", ".4f"), ("sample_acc", "sample acc", ".4f"),
+           ("entropy", "entropy (nats)", ".3f"), ("test_nelbo", "test nELBO", ".2f"))
 
 
 def fmt(v, spec: str = ".4g") -> str:
-    if isinstance(v, bool) or v is None:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
         return str(v)
     if isinstance(v, (int, float)):
         return format(v, spec)
@@ -63,7 +65,8 @@ def metrics_section(r: dict) -> list[dict]:
     per = [[k + (" (forgotten)" if k in forget else ""),
             *[fmt(pc.get(k, {}).get(key), spec) for key, _, spec in METRICS for pc in (before, after)]]
            for k in sorted(before, key=int)]
-    return [text("On the model's samples of label c: P(y=c), the evaluator's mean probability of c; sample acc, the "
+    return [text("On the model's samples of label c: P(y=c), the evaluator's mean probability of c; P(reject), its "
+                 "mean probability of \"not a digit\" (– for an evaluator without a reject class); sample acc, the "
                  "share classified c; entropy, the evaluator's mean entropy. Test nELBO: mean negative ELBO of the "
                  "real test images of class c under label c."),
             table(header, rows), table(header, per, folded="Per-class table")]
@@ -76,6 +79,9 @@ def surrogate_section(r: dict) -> list[dict]:
             for c in s[key]["p_class"]]
     rows += [["ideal output: entropy", s["ideal"]["entropy"]], ["raw surrogate samples: entropy",
                                                                s["samples"]["entropy"]]]
+    rows += [[f"{name}: P(reject)", s[key]["p_reject"]] for key, name in (("ideal", "ideal output"),
+                                                                        ("samples", "raw surrogate samples"))
+             if s[key].get("p_reject") is not None]
     rows += [[f"surrogate nELBO {k}", v] for k, v in s["nelbo"].items()]
     return [text(f"Surrogate q(x|c_f): {s['kind']}. The ideal output is the surrogate's mean image (what a perfectly "
                  "forgotten model would output); the floor is the best possible nELBO of the surrogate."),
@@ -120,6 +126,30 @@ def collateral_section(r: dict) -> list[dict]:
             table(["label", *after["seen"]], diff, folded="Change: after - before")]
 
 
+def evaluator_section(r: dict) -> list[dict]:
+    ev = r["evaluator"]
+    rows = [[k, ev.get(k)] for k in ("version", "test_acc", "reject_acc", "ece", "ece_uncalibrated", "temperature")
+            if k in ev]
+    rows += [[f"P(reject): {k}", v] for k, v in (ev.get("p_reject") or {}).items()]
+    return [text("The classifier that scores every sample (version 1: ten digits; version 2: ten digits and "
+                 "\"not a digit\", temperature-scaled). ECE: expected calibration error, 15 bins, on test digits "
+                 "and fresh non-digits."), table(["item", "value"], rows)]
+
+
+def paper_section(r: dict) -> list[dict]:
+    p = r["paper_protocol"]
+    ex = p.get("official_readme_example") or {}
+    rows = [[f"class {c}", v["before"]["entropy"], v["before"]["p_forgotten"], v["after"]["entropy"],
+             v["after"]["p_forgotten"]] for c, v in p["per_class"].items()]
+    if ex:
+        rows.append([f"official README example (digit {ex.get('forget')})", None, None, ex.get("entropy"),
+                     ex.get("p_forgotten")])
+    acc = (p.get("classifier") or {}).get("test_acc")
+    return [text(f"The official code's evaluation: its classifier (test accuracy {fmt(acc)}), {p.get('n_samples')} "
+                 "samples of the forgotten class rounded to 8 bits, mean entropy (nats) and mean P(y=c_f)."),
+            table(["", "entropy before", "P(y=c_f) before", "entropy after", "P(y=c_f) after"], rows)]
+
+
 def timing_section(r: dict) -> list[dict]:
     rows = [[k, v] for k, v in r.get("timing_s", {}).items()]
     rows += [["processes", r.get("processes")]] if "processes" in r else []
@@ -150,6 +180,8 @@ def sections(run_dir: Path, r: dict) -> list[tuple[str, list[dict]]]:
                 ("Surrogate", "surrogate", surrogate_section),
                 ("Collateral damage: label asked for -> class seen", "collateral", collateral_section),
                 ("Latent space: silhouette of the latent means", "latent", latent_section),
+                ("Paper protocol (the official code's evaluation)", "paper_protocol", paper_section),
+                ("Evaluator", "evaluator", evaluator_section),
                 ("Timings (seconds) and machine", "timing_s", timing_section)]
     for title, key, build in builders:
         if key in r:

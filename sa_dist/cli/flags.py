@@ -11,13 +11,13 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
-from ..config import SECTIONS, RunConfig, load_config, validate, with_values
+from ..config import PROTOCOLS, SECTIONS, RunConfig, load_config, validate, with_values
 from ..methods import method_names
 from ..resume import Interrupted
 from ..utils import UsageError, UserError
 
 MODEL_TRAIN = ("model", "train", "mixed_precision", "sync_bn", "threads", "data_dir")  # the flags of baseline training
-UNLEARN = (*MODEL_TRAIN, "sa", "eval_samples", "quick")  # ... and of unlearning
+UNLEARN = (*MODEL_TRAIN, "sa", "eval_samples", "protocol", "quick")  # ... and of unlearning
 
 
 class Parser(argparse.ArgumentParser):
@@ -116,7 +116,7 @@ def add_flags(p: argparse.ArgumentParser, items, choices: dict | None = None) ->
 
 def add_config_args(p: argparse.ArgumentParser, groups=UNLEARN) -> None:
     """The flags of the RunConfig fields in ``groups`` (``--method`` choices: the registered methods)."""
-    add_flags(p, config_fields(groups), {"sa.method": method_names()})
+    add_flags(p, config_fields(groups), {"sa.method": method_names(), "protocol": list(PROTOCOLS)})
 
 
 def add_run_args(p: argparse.ArgumentParser) -> None:

@@ -1,9 +1,16 @@
-"""The evaluator: a small CNN classifier of MNIST digits that scores every generated sample.
+"""The evaluator: a small CNN that scores every generated sample as one of the digits 0-9 or REJECT ("not a
+digit"), calibrated by temperature scaling.
 
-Trained once on the real training set (>= 99.0% test accuracy) and cached, keyed by the data checksum, the seed
-and this file's format version; every later metric uses the same network."""
+Trained once on the real training set plus generated non-digits (``nondigits``: noise, flat grey, blank, blurred
+and shuffled digits) as an 11th class, so that a model that generates noise or flat grey for a forgotten class is
+scored as "not a digit" instead of as an accident of the classifier (a classifier without a reject class calls flat
+grey an "8"). The last twelfth of the training images (and non-digits made from them) is held out to fit the
+temperature. Cached, keyed by the data checksum, the seed, the limit and ``EVALUATOR_VERSION``; every later metric
+uses the same network. ``score`` gives calibrated probabilities ``(N, 11)``; column ``REJECT`` is P(not a digit).
+"""
 from __future__ import annotations
 
+import json
 import time
 
 import torch
@@ -13,14 +20,21 @@ import torch.nn.functional as F
 from ..checkpoint import load_tensors, save_tensors
 from ..data import batch_loader, data_checksum, load_mnist
 from ..utils import cache_root, stable_hash
+from .calibration import expected_calibration_error, fit_temperature
+from .nondigits import make, nondigits
 
-EVALUATOR_VERSION = 1
+EVALUATOR_VERSION = 2  # 1: ten digits, uncalibrated; 2: ten digits + REJECT, temperature-scaled
+N_DIGITS = 10
+REJECT = 10  # the output "not a digit"
+NONDIGIT_SHARE = 0.2  # non-digits per training digit, drawn afresh every epoch
+HELD_OUT = 12  # 1/12 of the training images (5,000 of 60,000) fit the temperature
 
 
 class Classifier(nn.Module):
-    """conv5(16) -> pool -> conv5(32) -> pool -> fc(128) -> fc(10); batch norm, dropout. ~15 s/epoch on 2 cores."""
+    """conv5(16) -> pool -> conv5(32) -> pool -> fc(128) -> fc(11); batch norm, dropout. The logits are divided
+    by the fitted ``temperature`` (a buffer, stored with the weights)."""
 
-    def __init__(self, n_classes: int = 10):
+    def __init__(self, n_classes: int = N_DIGITS + 1):
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 16, 5, padding=2), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),  # (B, 16, 14, 14)
@@ -28,9 +42,10 @@ class Classifier(nn.Module):
         )
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(32 * 49, 128), nn.ReLU(), nn.Dropout(0.3),
                                   nn.Linear(128, n_classes))
+        self.register_buffer("temperature", torch.ones(()))
 
     def forward(self, x):
-        return self.head(self.features(x))  # (B, n_classes) logits
+        return self.head(self.features(x)) / self.temperature  # (B, n_classes) calibrated logits
 
 
 def _shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.Tensor:
@@ -40,33 +55,81 @@ def _shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2) -> torch.T
 
 
 @torch.no_grad()
-def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+def logits_of(net: nn.Module, x: torch.Tensor, batch: int = 1000) -> torch.Tensor:
     net.eval()
-    hits = sum((net(x[i:i + batch]).argmax(1) == y[i:i + batch]).sum().item() for i in range(0, len(x), batch))
-    return hits / len(x)
+    dev = next(net.parameters()).device
+    return torch.cat([net(x[i:i + batch].to(dev).float()).cpu() for i in range(0, len(x), batch)])
 
 
-def train_evaluator(data_dir: str | None = None, seed: int = 0, epochs: int = 3, limit: int | None = None,
-                    device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
-    """Adam, 3 epochs, random shifts; returns the network (eval mode) and ``{"test_acc", "seconds"}``."""
-    torch.manual_seed(seed)
+@torch.no_grad()
+def accuracy(net: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 1000) -> float:
+    return (logits_of(net, x, batch).argmax(1) == y.cpu()).float().mean().item()
+
+
+def with_nondigits(x: torch.Tensor, y: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x, y`` plus ``NONDIGIT_SHARE * len(x)`` non-digits (made from ``x`` where a kind needs digits),
+    labelled ``REJECT``."""
+    nd = nondigits(max(int(NONDIGIT_SHARE * len(x)), 1), seed, digits=x)
+    return torch.cat([x, nd]), torch.cat([y, torch.full((len(nd),), REJECT, dtype=y.dtype)])
+
+
+def _fit(net: Classifier, x: torch.Tensor, y: torch.Tensor, seed: int, epochs: int, device) -> None:
+    """Adam with a one-cycle schedule, random shifts; fresh non-digits every epoch."""
     gen = torch.Generator().manual_seed(seed)
-    x, y = load_mnist(True, data_dir, limit)
-    net = Classifier().to(device)
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
-    loader = batch_loader(x, y, batch=128, shuffle=True, seed=seed)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * len(loader))
-    t0 = time.perf_counter()
-    for _ in range(epochs):
+    steps = -(-(len(x) + max(int(NONDIGIT_SHARE * len(x)), 1)) // 128)  # batches per epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=epochs * steps)
+    for epoch in range(epochs):
         net.train()
+        loader = batch_loader(*with_nondigits(x, y, seed * 1000 + epoch + 1), batch=128, shuffle=True,
+                              seed=seed + epoch)
         for xb, yb in loader:
             loss = F.cross_entropy(net(_shift(xb, gen).to(device)), yb.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
+
+
+def reject_rates(net: nn.Module, digits: torch.Tensor, seed: int, n: int = 500) -> dict:
+    """Mean P(reject) on flat 0.5 grey (the uniform surrogate's ideal output), black, white, uniform noise,
+    fresh non-digits of every kind (made from ``digits`` with ``seed``) and the real ``digits``."""
+    gen = torch.Generator().manual_seed(seed)
+    images = {"grey": torch.full((1, 1, 28, 28), 0.5), "black": torch.zeros(1, 1, 28, 28),
+              "white": torch.ones(1, 1, 28, 28), "noise": make("noise", n, gen),
+              "nondigits": nondigits(n, seed, digits=digits), "digits": digits}
+    return {k: score(net, v)[:, REJECT].mean().item() for k, v in images.items()}
+
+
+def _calibrate(net: Classifier, x_cal, y_cal, x_test, y_test, seed: int) -> dict:
+    """Fit the temperature on the held-out split (digits + non-digits); ECE on the test digits + fresh non-digits
+    before and after."""
+    xc, yc = with_nondigits(x_cal, y_cal, seed * 1000 + 999_983)
+    temperature = fit_temperature(logits_of(net, xc), yc)
+    xt, yt = with_nondigits(x_test, y_test, seed * 1000 + 999_979)
+    raw = logits_of(net, xt)
+    net.temperature.fill_(temperature)
+    return {"temperature": temperature,
+            "ece_uncalibrated": expected_calibration_error(F.softmax(raw, 1), yt),
+            "ece": expected_calibration_error(F.softmax(raw / temperature, 1), yt),
+            "reject_acc": (raw[len(x_test):].argmax(1) == REJECT).float().mean().item()}
+
+
+def train_evaluator(data_dir: str | None = None, seed: int = 0, epochs: int = 3, limit: int | None = None,
+                    device: str | torch.device = "cpu") -> tuple[Classifier, dict]:
+    """Train and calibrate; returns the network (eval mode, on ``device``) and its info: ``version``,
+    ``test_acc`` (MNIST test digits, argmax over all 11 outputs), ``reject_acc`` (test non-digits called
+    REJECT), ``ece`` and ``ece_uncalibrated``, ``temperature``, ``p_reject`` (``reject_rates``), ``seconds``."""
+    torch.manual_seed(seed)
+    x, y = load_mnist(True, data_dir, limit)
+    n_cal = max(len(x) // HELD_OUT, 1)
+    net = Classifier().to(device)
+    t0 = time.perf_counter()
+    _fit(net, x[:-n_cal], y[:-n_cal], seed, epochs, device)
     xt, yt = load_mnist(False, data_dir, limit)
-    info = {"test_acc": accuracy(net, xt.to(device), yt.to(device)), "seconds": time.perf_counter() - t0}
+    cal = _calibrate(net.eval(), x[-n_cal:], y[-n_cal:], xt, yt, seed)
+    info = {"version": EVALUATOR_VERSION, "test_acc": accuracy(net, xt, yt), **cal,
+            "p_reject": reject_rates(net, xt, seed + 7), "seconds": time.perf_counter() - t0}
     return net.eval(), info
 
 
@@ -77,7 +140,8 @@ def evaluator_path(seed: int = 0, limit: int | None = None):
 
 def get_evaluator(accelerator=None, data_dir: str | None = None, seed: int = 0, limit: int | None = None,
                   device="cpu") -> tuple[Classifier, dict]:
-    """The cached evaluator, trained (by the main process alone) the first time."""
+    """The cached evaluator and its info (``train_evaluator``), trained (by the main process alone) the first
+    time."""
     path = evaluator_path(seed, limit)
     is_main = accelerator is None or accelerator.is_main_process
     if is_main and not path.is_file():
@@ -88,17 +152,22 @@ def get_evaluator(accelerator=None, data_dir: str | None = None, seed: int = 0, 
     tensors, meta = load_tensors(path, what="evaluator cache")
     net = Classifier()
     net.load_state_dict(tensors)
-    return net.to(device).eval(), {"test_acc": float(meta["test_acc"]), "seconds": float(meta["seconds"])}
+    info = {k: json.loads(v) for k, v in meta.items() if k not in ("kind", "format_version")}
+    return net.to(device).eval(), info
 
 
 @torch.no_grad()
 def score(net: nn.Module, images: torch.Tensor, batch: int = 1000) -> torch.Tensor:
-    """Class probabilities ``(N, 10)`` for images ``(N, 1, 28, 28)`` in [0, 1]."""
-    dev = next(net.parameters()).device
-    return torch.cat([F.softmax(net(images[i:i + batch].to(dev).float()), 1).cpu()
-                      for i in range(0, len(images), batch)])
+    """Calibrated class probabilities ``(N, 11)`` for images ``(N, 1, 28, 28)`` in [0, 1]: columns 0-9 the
+    digits, column ``REJECT`` (10) "not a digit". (A version-1 network gives ``(N, 10)``.)"""
+    return F.softmax(logits_of(net, images, batch), 1)
+
+
+def p_reject(probs: torch.Tensor) -> torch.Tensor | None:
+    """P(not a digit) per image ``(N,)``, or None for an evaluator without a reject output."""
+    return probs[:, REJECT] if probs.shape[1] > REJECT else None
 
 
 def entropy(probs: torch.Tensor) -> torch.Tensor:
-    """Classifier entropy in nats, per image ``(N,)``."""
+    """Classifier entropy in nats, per image ``(N,)`` (over all outputs, reject included)."""
     return -(probs * probs.clamp_min(1e-12).log()).sum(1)

@@ -7,7 +7,7 @@ import torch
 
 from ..models import CVAE, negative_elbo
 from ..surrogate import get_surrogate
-from .evaluator import entropy, score
+from .evaluator import entropy, p_reject, score
 
 
 @torch.no_grad()
@@ -23,8 +23,15 @@ def test_nelbo(model: CVAE, x: torch.Tensor, c: torch.Tensor, seed: int = 0, bat
     return torch.cat(out)
 
 
+def _mean_reject(probs: torch.Tensor) -> float | None:
+    """Mean P(not a digit), or None for an evaluator without a reject output (version 1)."""
+    rej = p_reject(probs)
+    return None if rej is None else rej.mean().item()
+
+
 def _prob_stats(probs: torch.Tensor, classes) -> dict:
-    return {"p_class": {str(k): probs[:, k].mean().item() for k in classes}, "entropy": entropy(probs).mean().item()}
+    return {"p_class": {str(k): probs[:, k].mean().item() for k in classes}, "entropy": entropy(probs).mean().item(),
+            "p_reject": _mean_reject(probs)}
 
 
 def seen_classes(n_outputs: int, n_classes: int) -> list[str]:
@@ -34,7 +41,8 @@ def seen_classes(n_outputs: int, n_classes: int) -> list[str]:
 
 @torch.no_grad()
 def class_metrics(model: CVAE, evaluator, x_test, y_test, n_samples: int = 1000, seed: int = 0) -> dict:
-    """``per_class``: ``{"c": {"sample_acc", "p_class", "entropy", "test_nelbo"}}`` for every class; ``confusion``:
+    """``per_class``: ``{"c": {"sample_acc", "p_class", "p_reject", "entropy", "test_nelbo"}}`` for every class
+    (``p_reject``: mean P(not a digit)); ``confusion``:
     for each label asked for (rows), the evaluator's mean probability of each class it sees (columns)."""
     gen = torch.Generator().manual_seed(seed)
     model.eval()
@@ -43,7 +51,8 @@ def class_metrics(model: CVAE, evaluator, x_test, y_test, n_samples: int = 1000,
     for c in range(model.n_classes):
         probs = score(evaluator, model.sample(n_samples, c, generator=gen))  # (n, outputs)
         out[str(c)] = {"sample_acc": (probs.argmax(1) == c).float().mean().item(),
-                       "p_class": probs[:, c].mean().item(), "entropy": entropy(probs).mean().item(),
+                       "p_class": probs[:, c].mean().item(), "p_reject": _mean_reject(probs),
+                       "entropy": entropy(probs).mean().item(),
                        "test_nelbo": nelbo[y_test == c].mean().item()}
         rows.append(probs.mean(0).tolist())
     seen = seen_classes(len(rows[0]), model.n_classes)
@@ -87,18 +96,33 @@ def surrogate_metrics(kind: str, forget: list[int], before: CVAE, after: CVAE, e
 
 
 def summarize(results: dict) -> dict:
-    """Headline numbers: forgotten P(y=c_f) and entropy after, retained mean accuracy and test nELBO before/after."""
+    """Headline numbers: forgotten P(y=c_f), P(reject) and entropy, retained mean accuracy and test nELBO, before
+    and after (``forgotten_p_reject`` is None where the evaluator has no reject output)."""
     forget = [str(c) for c in results["forget_classes"]]
     out = {}
     for when in ("before", "after"):
         pc = results[when]["per_class"]
         kept = [v for k, v in pc.items() if k not in forget]
         out[when] = {"forgotten_p_class": {k: pc[k]["p_class"] for k in forget},
+                     "forgotten_p_reject": {k: pc[k].get("p_reject") for k in forget},
                      "forgotten_entropy": {k: pc[k]["entropy"] for k in forget},
                      "forgotten_sample_acc": {k: pc[k]["sample_acc"] for k in forget},
                      "retained_sample_acc": sum(v["sample_acc"] for v in kept) / len(kept),
                      "retained_test_nelbo": sum(v["test_nelbo"] for v in kept) / len(kept)}
     return out
+
+
+P_BAR = 0.01  # forgotten: P(y=c_f) at most this for every forgotten class
+
+
+def forgetting_bar(results: dict) -> dict:
+    """The forgetting bar: ``forgotten_p_ok``, P(y=c_f) <= ``P_BAR`` after for every forgotten class;
+    ``ideal_rejected``, the surrogate's ideal output is scored "not a digit" (mean P(reject) >= 0.5; None for an
+    evaluator without a reject output)."""
+    after = results["summary"]["after"]["forgotten_p_class"]
+    rej = results["surrogate"]["ideal"].get("p_reject")
+    return {"p_max": P_BAR, "forgotten_p_ok": all(p <= P_BAR for p in after.values()),
+            "ideal_rejected": None if rej is None else rej >= 0.5}
 
 
 def compare(before: CVAE, after: CVAE, evaluator, x_test, y_test, forget: list[int], surrogate: str,
@@ -109,5 +133,6 @@ def compare(before: CVAE, after: CVAE, evaluator, x_test, y_test, forget: list[i
         out[name] = class_metrics(model, evaluator, x_test, y_test, n_samples, seed)
     out["surrogate"] = surrogate_metrics(surrogate, list(forget), before, after, evaluator, n_samples, seed)
     out["summary"] = summarize(out)
+    out["summary"]["bar"] = forgetting_bar(out)
     out["collateral"] = collateral(out["before"]["confusion"], out["after"]["confusion"], list(forget))
     return out

@@ -3,6 +3,12 @@ only in their seed are one row, each number their mean +- sample standard deviat
 +- std over the classes and the worst digit per method), and the trade-off plot (forgotten P vs retained accuracy
 over lambda, with error bars over seeds).
 
+Runs scored by different evaluator versions (results.json ``evaluator.version``; runs written before versions
+existed are version 1, ten digits without a reject class) are never averaged together: the version is part of a
+point, of the all-classes summary's groups and of the original model's reference line, each table row names its
+version, and ``aggregate``'s ``evaluator_versions`` lists them (the Markdown says so above the table when there
+are several). P(reject) is "–" for version-1 runs.
+
 Seconds of a point are what its method costs on top of the shared baseline: Fisher + SA for the SA family (the
 Fisher's seconds are those it took when computed, also when it came from the cache), the training of the
 retrained model for ``retrain``, the ascent for ``naive``; evaluation is not counted.
@@ -39,8 +45,14 @@ def _uses(method: str) -> set:
     return set(m.uses) | set(m.overrides) if m else {"lam", "gamma"}
 
 
+def _max_or_none(block: dict, key: str, classes: list[str]):
+    vals = [(block.get(key) or {}).get(k) for k in classes]
+    return None if any(v is None for v in vals) else max(vals)
+
+
 def point_row(run_dir: Path) -> dict:
-    """One point: method, arch, forget, lambda, gamma, forgotten P and entropy, retained accuracy and nELBO, seconds."""
+    """One point: method, arch, forget, lambda, gamma, evaluator version, forgotten P, P(reject) and entropy,
+    retained accuracy and nELBO, seconds."""
     try:
         r = json.loads((Path(run_dir) / "results.json").read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -55,6 +67,9 @@ def point_row(run_dir: Path) -> dict:
             "gamma": cfg["sa"]["gamma"] if "gamma" in uses else None,
             "forgotten_p": max(a["forgotten_p_class"][k] for k in fc),
             "forgotten_p_before": max(b["forgotten_p_class"][k] for k in fc),
+            "evaluator_version": int((r.get("evaluator") or {}).get("version", 1)),
+            "forgotten_p_reject": _max_or_none(a, "forgotten_p_reject", fc),
+            "forgotten_p_reject_before": _max_or_none(b, "forgotten_p_reject", fc),
             "forgotten_entropy": max(a["forgotten_entropy"][k] for k in fc),
             "surrogate_gap_pct": 100 * (sur["after"] / sur["floor"] - 1) if sur.get("floor") else None,
             "retained_sample_acc": a["retained_sample_acc"], "retained_sample_acc_before": b["retained_sample_acc"],
@@ -66,7 +81,7 @@ def point_row(run_dir: Path) -> dict:
             "baseline_seconds": t.get("baseline"), "method_info": r.get("method_info") or {}}
 
 
-AVERAGED = ("forgotten_p", "forgotten_p_before", "forgotten_entropy", "surrogate_gap_pct", "retained_sample_acc",
+AVERAGED = ("forgotten_p", "forgotten_p_before", "forgotten_p_reject", "forgotten_p_reject_before", "forgotten_entropy", "surrogate_gap_pct", "retained_sample_acc",
             "retained_sample_acc_before", "retained_test_nelbo", "retained_test_nelbo_before", "retained_acc_drop_pts",
             "retained_nelbo_rise_pct", "seconds", "baseline_seconds")
 
@@ -76,11 +91,12 @@ def _spread(vals: list) -> float:
 
 
 def combine_seeds(runs: list[dict]) -> list[dict]:
-    """One row per point (method, arch, classes, lambda, gamma): every number of ``AVERAGED`` the mean over the
+    """One row per point (method, arch, classes, lambda, gamma, evaluator version): every number of ``AVERAGED`` the mean over the
     point's seeds, with ``<name>_std`` (sample standard deviation, 0 for one seed), ``seeds`` and ``runs``."""
     groups: dict = {}
     for r in runs:
-        groups.setdefault((r["method"], r["arch"], tuple(r["forget"]), r["lam"], r["gamma"]), []).append(r)
+        groups.setdefault((r["method"], r["arch"], tuple(r["forget"]), r["lam"], r["gamma"], r["evaluator_version"]),
+                          []).append(r)
     out = []
     for rs in groups.values():
         row = {**rs[0], "seeds": sorted(r["seed"] for r in rs), "runs": [r["run"] for r in rs],
@@ -108,17 +124,19 @@ def add_retrain_ratio(rows: list[dict]) -> None:
 def _sort_key(r: dict):
     names = method_names()
     order = names.index(r["method"]) if r["method"] in names else len(names)
-    return (r["arch"], r["forget"], order, r["lam"] if r["lam"] is not None else -1, r["gamma"] or 0)
+    return (r["evaluator_version"], r["arch"], r["forget"], order, r["lam"] if r["lam"] is not None else -1,
+            r["gamma"] or 0)
 
 
 def class_summary(rows: list[dict]) -> list[dict]:
-    """Per (method, arch, lambda, gamma) over single-class points of several classes: mean +- std, worst class."""
+    """Per (method, arch, lambda, gamma, evaluator version) over single-class points of several classes:
+    mean +- std, worst class."""
     groups: dict = {}
     for r in rows:
         if len(r["forget"]) == 1:
-            groups.setdefault((r["method"], r["arch"], r["lam"], r["gamma"]), []).append(r)
+            groups.setdefault((r["method"], r["arch"], r["lam"], r["gamma"], r["evaluator_version"]), []).append(r)
     out = []
-    for (method, arch, lam, gamma), rs in groups.items():
+    for (method, arch, lam, gamma, version), rs in groups.items():
         if len({r["forget"][0] for r in rs}) < 2:
             continue
         stats = {}
@@ -128,7 +146,7 @@ def class_summary(rows: list[dict]) -> list[dict]:
             stats[name] = {"mean": statistics.fmean(vals), "std": statistics.pstdev(vals), "max": vals[worst],
                            "worst_class": rs[worst]["forget"][0]}
         ratios = [r["seconds_vs_retrain"] for r in rs if r["seconds_vs_retrain"] is not None]
-        out.append({"method": method, "arch": arch, "lam": lam, "gamma": gamma,
+        out.append({"method": method, "arch": arch, "lam": lam, "gamma": gamma, "evaluator_version": version,
                     "classes": sorted(r["forget"][0] for r in rs), **stats,
                     "seconds_vs_retrain_mean": statistics.fmean(ratios) if ratios else None})
     return out
@@ -149,47 +167,63 @@ def _pm(r: dict, name: str, fmt, scale: float = 1.0, unit: str = "") -> str:
     return text if len(r["seeds"]) < 2 or std is None else f"{text} ± {fmt(scale * std)}{unit}"
 
 
+def mixed_versions_note(versions: list[int]) -> str:
+    return (f"Runs scored by evaluator versions {', '.join(map(str, versions))}: rows of different versions are "
+            "kept apart (never averaged together); compare P, P(reject) and entropy only between rows of one version.")
+
+
 def markdown(rows: list[dict], summary: list[dict]) -> str:
-    head = ("| method | arch | forget | λ | γ | seeds | P(y=c_f) after | H after | retained sample acc "
-            "| retained test nELBO | seconds | / retrain |\n"
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    out, seen = [head], set()
+    head = ("| method | arch | forget | λ | γ | seeds | P(y=c_f) after | P(reject) after | H after | retained sample acc "
+            "| retained test nELBO | seconds | / retrain | evaluator |\n"
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    versions = sorted({r["evaluator_version"] for r in rows})
+    out, seen = ([mixed_versions_note(versions), ""] if len(versions) > 1 else []) + [head], set()
     p4, p2, pct = (lambda v: f"{v:.4f}"), (lambda v: f"{v:.2f}"), (lambda v: f"{v:.2f}")
     for r in rows:
-        group, n = (r["arch"], tuple(r["forget"])), len(r["seeds"])
+        group, n = (r["arch"], tuple(r["forget"]), r["evaluator_version"]), len(r["seeds"])
+        rej, ev = (lambda key: "–" if r[key] is None else _pm(r, key, p4)), f"v{r['evaluator_version']}"
         if group not in seen:  # the original model theta* as the reference line of each group
             seen.add(group)
             out.append(f"| original θ* | {r['arch']} | {','.join(map(str, r['forget']))} | – | – | {n} "
-                       f"| {_pm(r, 'forgotten_p_before', p4)} | – | {_pm(r, 'retained_sample_acc_before', pct, 100, '%')} "
-                       f"| {_pm(r, 'retained_test_nelbo_before', _nelbo)} | – | – |")
+                       f"| {_pm(r, 'forgotten_p_before', p4)} | {rej('forgotten_p_reject_before')} | – "
+                       f"| {_pm(r, 'retained_sample_acc_before', pct, 100, '%')} "
+                       f"| {_pm(r, 'retained_test_nelbo_before', _nelbo)} | – | – | {ev} |")
         ratio = _f(r["seconds_vs_retrain"], ".3f")
         if r["seconds_vs_retrain"] is not None and not r["retrain_ref_same_classes"]:
             ratio = f"≈{ratio}"
         out.append(f"| {r['method']} | {r['arch']} | {','.join(map(str, r['forget']))} | {_f(r['lam'], 'g')} "
-                   f"| {_f(r['gamma'], 'g')} | {n} | {_pm(r, 'forgotten_p', p4)} | {_pm(r, 'forgotten_entropy', p2)} "
+                   f"| {_f(r['gamma'], 'g')} | {n} | {_pm(r, 'forgotten_p', p4)} | {rej('forgotten_p_reject')} "
+                   f"| {_pm(r, 'forgotten_entropy', p2)} "
                    f"| {_pm(r, 'retained_sample_acc', pct, 100, '%')} | {_pm(r, 'retained_test_nelbo', _nelbo)} "
-                   f"| {_pm(r, 'seconds', lambda v: f'{v:.1f}')} | {ratio} |")
+                   f"| {_pm(r, 'seconds', lambda v: f'{v:.1f}')} | {ratio} | {ev} |")
     if summary:
         out += ["", "| method | arch | λ | classes | P(y=c_f) after: mean ± std (worst) | retained acc drop, points "
-                "(worst) | retained test nELBO rise (worst) | seconds, mean | / retrain |",
-                "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+                "(worst) | retained test nELBO rise (worst) | seconds, mean | / retrain | evaluator |",
+                "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for s in summary:
             p, a, n = s["forgotten_p"], s["retained_acc_drop_pts"], s["retained_nelbo_rise_pct"]
             out.append(f"| {s['method']} | {s['arch']} | {_f(s['lam'], 'g')} | {len(s['classes'])} "
                        f"| {p['mean']:.4f} ± {p['std']:.4f} ({p['max']:.4f}, digit {p['worst_class']}) "
                        f"| {a['mean']:.2f} ± {a['std']:.2f} ({a['max']:.2f}, digit {a['worst_class']}) "
                        f"| {n['mean']:.2f}% ± {n['std']:.2f} ({n['max']:.2f}%, digit {n['worst_class']}) "
-                       f"| {s['seconds']['mean']:.1f} | {_f(s['seconds_vs_retrain_mean'], '.3f')} |")
+                       f"| {s['seconds']['mean']:.1f} | {_f(s['seconds_vs_retrain_mean'], '.3f')} "
+                       f"| v{s['evaluator_version']} |")
     return "\n".join(out) + "\n"
 
 
 def aggregate(paths) -> dict:
-    """``{"runs": [...], "points": [...], "classes": [...]}`` for the runs found under ``paths``: every run, the
-    points (runs that differ only in their seed combined), the all-classes summary of the points."""
+    """``{"runs": [...], "points": [...], "classes": [...], "evaluator_versions": [...]}`` for the runs found under
+    ``paths``: every run, the points (runs that differ only in their seed combined; never runs of different
+    evaluator versions), the all-classes summary of the points, the evaluator versions seen (with ``note`` when
+    there are several)."""
     runs = sorted((point_row(d) for d in find_runs(paths)), key=lambda r: (_sort_key(r), r["seed"]))
     rows = sorted(combine_seeds(runs), key=_sort_key)
     add_retrain_ratio(rows)
-    return {"runs": runs, "points": rows, "classes": class_summary(rows)}
+    versions = sorted({r["evaluator_version"] for r in runs})
+    out = {"runs": runs, "points": rows, "classes": class_summary(rows), "evaluator_versions": versions}
+    if len(versions) > 1:
+        out["note"] = mixed_versions_note(versions)
+    return out
 
 
 def write_summary(paths, prefix: str | Path, title: str = "") -> str:
@@ -208,10 +242,11 @@ def tradeoff_plot(rows: list[dict], path, title: str = "") -> None:
     fig, ax = subplots(figsize=(7, 4.8))
     series: dict = {}
     for r in rows:
-        series.setdefault((r["method"], r["arch"], tuple(r["forget"]), r["gamma"]), []).append(r)
+        series.setdefault((r["method"], r["arch"], tuple(r["forget"]), r["gamma"], r["evaluator_version"]), []).append(r)
+    mixed = len({r["evaluator_version"] for r in rows}) > 1
     originals = {}
-    for (method, arch, forget, gamma), rs in series.items():
-        label = f"{method} ({arch}, forget {','.join(map(str, forget))})"
+    for (method, arch, forget, gamma, version), rs in series.items():
+        label = f"{method} ({arch}, forget {','.join(map(str, forget))}{f', evaluator v{version}' if mixed else ''})"
         pts = sorted(rs, key=lambda r: r["lam"] if r["lam"] is not None else -1)
         xs, ys = [100 * r["retained_sample_acc"] for r in pts], [max(r["forgotten_p"], 1e-4) for r in pts]
         xerr = [100 * (r.get("retained_sample_acc_std") or 0) for r in pts]
@@ -225,8 +260,8 @@ def tradeoff_plot(rows: list[dict], path, title: str = "") -> None:
                     ax.annotate(f"λ={r['lam']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7,
                                 color=line.get_color())
         for r in rs:
-            originals[(arch, forget)] = (100 * r["retained_sample_acc_before"], r["forgotten_p_before"])
-    for i, ((arch, forget), (x, y)) in enumerate(originals.items()):
+            originals[(arch, forget, version)] = (100 * r["retained_sample_acc_before"], r["forgotten_p_before"])
+    for i, (x, y) in enumerate(originals.values()):
         ax.plot([x], [y], marker="*", ms=12, color="black", ls="none",
                 label="original θ*" if i == 0 else None)
     ax.set_yscale("log")
