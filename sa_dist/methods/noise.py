@@ -31,7 +31,8 @@ def perturb(model: CVAE, noise: float, seed: int) -> CVAE:
 def unlearn(ctx: Context) -> Outcome:
     cfg, s = ctx.cfg, ctx.cfg.sa
     noisy = perturb(ctx.original, s.noise, cfg.sa_seed)
-    moved = sum((a - b).square().sum() for a, b in zip(noisy.parameters(), plain_copy(ctx.original).parameters()))
+    with torch.no_grad():
+        moved = sum((a - b).square().sum() for a, b in zip(noisy.parameters(), plain_copy(ctx.original).parameters()))
     out, history = selective_amnesia(ctx.original, ctx.fisher, ctx.accelerator, cfg, log_dir=ctx.log_dir,
                                      checkpointer=ctx.ckpt, start=noisy, anchor=noisy)
     return Outcome(out, history, info={"noise": s.noise, "l2_moved": float(moved.sqrt())}, sa_terms=True)
