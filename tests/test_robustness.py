@@ -39,9 +39,9 @@ def test_best_lr_is_the_fewest_steps_then_the_highest_p():
 def test_relearn_grid_reports_every_lr_and_the_best_on_a_toy(tiny_baseline, evaluator):
     x, y = load_mnist(True, limit=LIMIT)
     model = tiny_baseline[0]
-    z = torch.randn(100, model.z_dim, generator=torch.Generator().manual_seed(0))
+    z = torch.randn(50, model.z_dim, generator=torch.Generator().manual_seed(0))
     p0 = relearn_mod.p_target(model.eval(), evaluator, z, 2)
-    r = relearn_grid(model, evaluator, x[y == 2][:10], 2, [1e-7, 3e-3], steps=20, n_samples=100,
+    r = relearn_grid(model, evaluator, x[y == 2][:10], 2, [1e-7, 3e-3], steps=10, n_samples=50,
                      threshold=min(p0 + 0.05, 0.99), seed=0)
     assert set(r["by_lr"]) == {"1e-07", "0.003"} and r["best_lr"] == 0.003  # a tiny lr cannot move P
     assert r["steps_to_threshold"] == r["by_lr"]["0.003"]["steps_to_threshold"] is not None
