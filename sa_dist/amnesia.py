@@ -94,7 +94,8 @@ def _steps(replay, surr, sa_epochs: int, ckpt):
 
 
 def selective_amnesia(model: CVAE, fisher: dict, accelerator, cfg: RunConfig, *, log_dir: str | Path | None = None,
-                      checkpointer: Checkpointer | None = None, surrogate_weight: float = 1.0):
+                      checkpointer: Checkpointer | None = None, surrogate_weight: float = 1.0,
+                      start: CVAE | None = None, anchor: CVAE | None = None):
     """Minimise the SA objective from theta* = ``model`` with the settings of ``cfg`` (``cfg.sa``: forget, lam,
     gamma, lr, batches, surrogate; the seed ``cfg.sa_seed``); return (unlearned plain model, history of float rows).
 
@@ -102,7 +103,10 @@ def selective_amnesia(model: CVAE, fisher: dict, accelerator, cfg: RunConfig, *,
     surrogate batch. Batch norm stays in eval mode (theta*'s running statistics on real data are kept), so the
     objective is the very function whose Fisher was taken, and a sample's loss does not depend on its batch.
     ``cfg.sa.reset_label``: start from ``reset_label_inputs`` (theta* too). ``checkpointer`` saves a resumable
-    state every SA epoch and on SIGINT/SIGTERM, and resumes from one. ``surrogate_weight`` 0: replay_only."""
+    state every SA epoch and on SIGINT/SIGTERM, and resumes from one. ``surrogate_weight`` 0: replay_only.
+    ``start``: begin the optimisation from these weights instead of theta*; ``anchor``: the point the EWC term
+    pulls towards instead of theta* (the deeper methods: a dampened or noised copy). Replay always samples
+    ``model``."""
     cfg = validate(cfg)
     s, seed = cfg.sa, cfg.sa_seed
     set_seed(seed)
@@ -110,10 +114,12 @@ def selective_amnesia(model: CVAE, fisher: dict, accelerator, cfg: RunConfig, *,
         model = reset_label_inputs(model, s.forget, seed)
     frozen = plain_copy(model).to(accelerator.device).requires_grad_(False)  # p(x|theta*), never wrapped
     names = [name for name, _ in frozen.named_parameters()]
-    theta_star = [p.detach().float().clone() for p in frozen.parameters()]
+    anchor = frozen if anchor is None else plain_copy(anchor).to(accelerator.device)
+    theta_star = [p.detach().float().clone() for p in anchor.parameters()]
     fisher = [fisher[name].to(accelerator.device, torch.float32) for name in names]
     replay, surr = _data(frozen, cfg, accelerator.process_index, accelerator.num_processes)
-    net = wrap_model(accelerator, copy.deepcopy(frozen).requires_grad_(True), cfg.sync_bn)
+    first = frozen if start is None else plain_copy(start).to(accelerator.device)
+    net = wrap_model(accelerator, copy.deepcopy(first).requires_grad_(True), cfg.sync_bn)
     opt = torch.optim.Adam(net.parameters(), lr=s.lr)
     net, opt = accelerator.prepare(net, opt)
     if log_dir is not None:

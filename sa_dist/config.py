@@ -47,6 +47,9 @@ class SAConfig:
     seed: Optional[int] = arg(None, "seed of the unlearning: replay, surrogate and noise draws", flag="--sa-seed",
                               shown="--seed")  # vary it alone to see SA's own spread on one baseline
     reset_label: bool = arg(False, "re-initialise the weights that read the forgotten labels before SA")  # slows relearning, costs retained quality (docs/verification.md)
+    dampen_alpha: float = arg(5.0, "dampen: shrink the weights whose forgotten-class Fisher exceeds alpha x the retained one")  # SSD's selection threshold
+    noise: float = arg(0.5, "noise: std of the Gaussian noise per weight, relative to the weight's magnitude")
+    n_forget_fisher: int = arg(5000, "dampen: samples per Fisher of the forgotten and of the retained classes")  # cost within the SA budget
 
 
 @dataclass
@@ -160,13 +163,15 @@ def validate(cfg: RunConfig) -> RunConfig:
     for name, v in (("--epochs", t.epochs), ("--batch", t.batch), ("--sa-epochs", s.sa_epochs),
                     ("sa.batch", s.batch), ("--surrogate-batch", s.surrogate_batch),
                     ("--n-replay", s.n_replay), ("--n-fisher", s.n_fisher),
-                    ("sa.fisher_batch", s.fisher_batch), ("--eval-samples", cfg.eval_samples)):
+                    ("sa.fisher_batch", s.fisher_batch), ("--eval-samples", cfg.eval_samples),
+                    ("--n-forget-fisher", s.n_forget_fisher)):
         _positive(name, v)
     if s.lr is None:
         s.lr = SA_LR[m.arch]
     for name, v in (("--lr", t.lr), ("--sa-lr", s.lr)):
         _positive(name, v, integer=False)
-    for name, v in (("--lam", s.lam), ("--gamma", s.gamma)):
+    _positive("--dampen-alpha", s.dampen_alpha, integer=False)
+    for name, v in (("--lam", s.lam), ("--gamma", s.gamma), ("--noise", s.noise)):
         if not (math.isfinite(v) and v >= 0):
             raise UsageError(f"{name} must be a finite number >= 0, got {v}")
     _check_forget(s.forget, m.n_classes)

@@ -29,9 +29,10 @@ def _block_generator(seed: int, k: int) -> torch.Generator:
 
 
 @torch.no_grad()
-def fisher_batch(model: nn.Module, seed: int, start: int, count: int):
+def fisher_batch(model: nn.Module, seed: int, start: int, count: int, classes=None):
     """The Fisher samples with global indices [start, start + count): ``x`` (count, 1, 28, 28), labels ``c``
     (count,) and reparameterisation noise ``eps`` (count, z), on the model's device, x and eps in its dtype.
+    ``classes``: draw labels uniformly from these classes only (default: all of the model's classes).
 
     Index i belongs to block k = i // BLOCK, drawn whole from a CPU generator seeded from (seed, k) and decoded
     on its own, so a sample depends only on (model, seed, i): never on how indices are split into batches or
@@ -45,7 +46,8 @@ def fisher_batch(model: nn.Module, seed: int, start: int, count: int):
         for k in range(start // BLOCK, (start + count - 1) // BLOCK + 1):
             g = _block_generator(seed, k)
             z = torch.randn(BLOCK, model.z_dim, generator=g)  # (BLOCK, z)
-            c = torch.randint(0, model.n_classes, (BLOCK,), generator=g)  # (BLOCK,)
+            c = torch.randint(0, model.n_classes, (BLOCK,), generator=g) if classes is None else \
+                torch.tensor(list(classes))[torch.randint(len(classes), (BLOCK,), generator=g)]  # (BLOCK,)
             eps = torch.randn(BLOCK, model.z_dim, generator=g)  # (BLOCK, z)
             x = torch.sigmoid(model.decode(z.to(p.device, p.dtype), c.to(p.device)))  # (BLOCK, 1, 28, 28)
             lo, hi = max(start - k * BLOCK, 0), min(start + count - k * BLOCK, BLOCK)
@@ -231,14 +233,15 @@ def _all_reduce_sum(sums: dict[str, torch.Tensor], accelerator) -> dict[str, tor
 
 
 def diag_fisher(model: nn.Module, n_samples: int, seed: int, batch: int, accelerator=None,
-                progress: bool = True) -> dict[str, torch.Tensor]:
+                progress: bool = True, classes=None) -> dict[str, torch.Tensor]:
     """F_i = (1/N) sum_n (d nelbo_n / d theta_i)^2 over N = ``n_samples`` samples the model draws itself.
 
     Computed in float32 on a deep copy of the (unwrapped) model, in eval mode, with autocast off, so mixed
     precision does not touch it. With an ``accelerator``, process r of P takes blocks r, r+P, r+2P, ... of
     ``BLOCK`` samples, in backward batches of ``batch`` samples (rounded to whole blocks); the squared-gradient
     sums are all-reduced and divided by N on every process. The result is the same for any P and batch up to
-    float32 summation order. Returns {parameter name: float32 tensor} on the model's device.
+    float32 summation order. ``classes``: the samples' labels only from these (``class_fisher``).
+    Returns {parameter name: float32 tensor} on the model's device.
     """
     if n_samples < 1 or batch < 1:
         raise ValueError(f"diag_fisher needs n_samples >= 1 and batch >= 1, got {n_samples} and {batch}")
@@ -253,7 +256,7 @@ def diag_fisher(model: nn.Module, n_samples: int, seed: int, batch: int, acceler
     with tqdm(total=n_mine, unit="sample", desc="fisher", disable=not (progress and is_main)) as bar, \
             torch.autocast(device_type=device_type, enabled=False):
         for i in range(0, len(blocks), per_step):
-            parts = [fisher_batch(net, seed, k * BLOCK, min(BLOCK, n_samples - k * BLOCK))
+            parts = [fisher_batch(net, seed, k * BLOCK, min(BLOCK, n_samples - k * BLOCK), classes)
                      for k in blocks[i:i + per_step]]
             x, c, eps = (torch.cat(t) for t in zip(*parts))  # (b, 1, 28, 28), (b,), (b, z)
             for name, sq in sum_sq_grads(net, x, c, eps).items():
@@ -262,3 +265,19 @@ def diag_fisher(model: nn.Module, n_samples: int, seed: int, batch: int, acceler
     if world > 1:
         sums = _all_reduce_sum(sums, accelerator)
     return {name: s / n_samples for name, s in sums.items()}
+
+
+def class_fisher(model: nn.Module, classes, n_samples: int, seed: int, batch: int = 500, accelerator=None,
+                 progress: bool = False) -> dict[str, torch.Tensor]:
+    """The diagonal Fisher on samples the model generates for ``classes`` only (e.g. the forgotten ones): how much
+    each weight matters to those classes. Same estimator as ``diag_fisher``."""
+    if not classes:
+        raise ValueError("class_fisher needs at least one class")
+    return diag_fisher(model, n_samples, seed, batch, accelerator, progress, classes=tuple(classes))
+
+
+def retained_fisher(model: nn.Module, forget, n_samples: int, seed: int, batch: int = 500, accelerator=None,
+                    progress: bool = False) -> dict[str, torch.Tensor]:
+    """``class_fisher`` on every class not in ``forget``."""
+    return class_fisher(model, [c for c in range(model.n_classes) if c not in forget], n_samples, seed, batch,
+                        accelerator, progress)

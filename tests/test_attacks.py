@@ -21,7 +21,8 @@ from sa_dist.models import ModelConfig, build_model
 TINY = ["--arch", "linear", "--width", "64", "--epochs", "1", "--limit", str(LIMIT), "--n-fisher", "500",
         "--sa_epochs", "1", "--n-replay", "1024", "--eval-samples", "50"]
 TINY_ATTACK = ["--relearn-k", "5", "10", "--relearn-steps", "4", "--relearn-samples", "50", "--restarts", "4",
-               "--invert-steps", "3", "--probe-n", "500"]
+               "--invert-steps", "3", "--probe-n", "500", "--relearn-lr", "3e-4", "3e-3", "--retain-steps", "3",
+               "--retain-batch", "16", "--weights-points", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -94,14 +95,20 @@ def test_attack_script_writes_all_three_side_by_side_and_merges(tiny_run):
     res = json.loads((tiny_run / "results.json").read_text())
     assert {k: v for k, v in res.items() if k != "attacks"} == before  # the run's own results are kept
     a = res["attacks"]
-    assert a["target"] == 2 and set(a["timing_s"]) == {"relearn", "invert", "probe"}
+    kinds = ["relearn", "retain", "invert", "probe", "weights"]
+    assert a["target"] == 2 and set(a["timing_s"]) == set(kinds)
     models = ["original", "unlearned", "retrain"]
-    for kind in ("relearn", "invert", "probe"):
+    for kind in kinds:
         assert list(a[kind]["models"]) == models
     assert set(a["relearn"]["models"]["retrain"]) == {"k5", "k10"}
-    assert a["relearn"]["models"]["unlearned"]["k10"]["curve"]["step"][0] == 0
-    assert set(a["invert"]["models"]["original"]) == {"free", "plausible"}
+    k10 = a["relearn"]["models"]["unlearned"]["k10"]
+    assert k10["curve"]["step"][0] == 0 and set(k10["by_lr"]) == {"0.0003", "0.003"} and k10["best_lr"] in (3e-4, 3e-3)
+    assert set(a["invert"]["models"]["original"]) == {"free", "plausible", "simplex", "onehot"}
+    w = a["weights"]["models"]
+    assert w["original"]["l2"] == 0 and w["unlearned"]["l2"] > 0 and w["unlearned"]["fisher"] > 0
+    assert a["retain"]["models"]["retrain"]["curve"]["step"][-1] == 3
     assert list(a["summary"]) == models and "probe_auc_all_labels" in a["summary"]["retrain"]
+    assert a["summary"]["retrain"]["vs_retrain"]["l2"] == 1.0
     for rel in (a["invert"]["grid"], a["relearn"]["curve_plot"]):
         assert not rel.startswith("/") and (tiny_run / rel).stat().st_size > 1000
     old_probe = a["probe"]

@@ -55,3 +55,22 @@ def relearn(model: CVAE, evaluator, images: torch.Tensor, target: int, *, steps:
     return {"k": len(x), "steps_to_threshold": curve_s[-1] if hit else None,
             "bracket": [curve_s[-2] if hit and len(curve_s) > 1 else None, curve_s[-1]] if hit else None,
             "final_p": curve_p[-1], "steps_run": curve_s[-1], "curve": {"step": curve_s, "p": curve_p}}
+
+
+def best_of(by_lr: dict) -> str:
+    """The key of the attacker's best lr in ``{lr: relearn result}``: fewest steps to the threshold; if none got
+    there, the highest final P; ties go to the earlier lr of the grid."""
+    def rank(item):
+        r = item[1]
+        return (0, r["steps_to_threshold"], 0.0) if r["steps_to_threshold"] is not None else (1, 0, -r["final_p"])
+    return min(by_lr.items(), key=rank)[0]
+
+
+def relearn_grid(model: CVAE, evaluator, images: torch.Tensor, target: int, lrs, **kw) -> dict:
+    """``relearn`` once per lr of ``lrs`` (the same images, latents and noise): the best lr's result at the top
+    level (``steps_to_threshold``, ``curve``, ...), with ``best_lr`` and every lr's result under ``by_lr``."""
+    if not lrs:
+        raise ValueError("relearn_grid needs at least one lr")
+    by_lr = {f"{lr:g}": relearn(model, evaluator, images, target, lr=lr, **kw) for lr in lrs}
+    best = best_of(by_lr)
+    return {**by_lr[best], "best_lr": float(best), "by_lr": by_lr}

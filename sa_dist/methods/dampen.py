@@ -1,0 +1,53 @@
+"""dampen: selective synaptic dampening (after Foster et al., SSD), then Selective Amnesia from the dampened point.
+
+The weights that matter much more to the forgotten classes than to the retained ones are shrunk before SA starts:
+with F_f the diagonal Fisher on samples the model generates for c_f and F_r the one on retained-class samples
+(``fisher.class_fisher`` / ``retained_fisher``, ``n_forget_fisher`` samples each), a weight is selected when
+F_f > ``dampen_alpha`` * F_r and multiplied by beta = F_r / F_f (< 1 / alpha; 0 where F_r = 0); every other weight
+is kept exactly. SA then starts at the dampened weights and its EWC term anchors there (θ* stays the replay
+source), so the repair does not pull the dampened weights back. The two Fishers count in the method's cost."""
+from __future__ import annotations
+
+import torch
+
+from ..amnesia import selective_amnesia
+from ..fisher import class_fisher, retained_fisher
+from ..models import CVAE, plain_copy
+from . import Context, Outcome
+
+USES = ("lam", "gamma", "dampen_alpha")
+NEEDS_FISHER = True
+MARKER = "P"
+
+
+@torch.no_grad()
+def dampen(model: CVAE, f_forget: dict, f_retain: dict, alpha: float) -> tuple[CVAE, dict]:
+    """A copy of ``model`` with each parameter where ``f_forget > alpha * f_retain`` multiplied by
+    ``f_retain / f_forget``; the rest unchanged. Returns it and ``{"selected", "total", "per_tensor"}``."""
+    out = plain_copy(model)
+    selected, total, per = 0, 0, {}
+    for name, p in out.named_parameters():
+        ff, fr = f_forget[name].to(p), f_retain[name].to(p)
+        mask = ff > alpha * fr  # (same shape as p)
+        beta = torch.where(mask, fr / ff.clamp_min(torch.finfo(ff.dtype).tiny), torch.ones_like(p))
+        p.mul_(beta)
+        n = int(mask.sum())
+        selected, total = selected + n, total + p.numel()
+        if n:
+            per[name] = n
+    return out, {"selected": selected, "total": total, "per_tensor": per}
+
+
+def unlearn(ctx: Context) -> Outcome:
+    cfg, acc, s = ctx.cfg, ctx.accelerator, ctx.cfg.sa
+    model = ctx.original.to(acc.device)
+    kw = dict(n_samples=s.n_forget_fisher, seed=cfg.sa_seed, batch=s.fisher_batch, accelerator=acc)
+    f_f = class_fisher(model, s.forget, **kw)
+    f_r = retained_fisher(model, s.forget, **kw)
+    damped, info = dampen(model, f_f, f_r, s.dampen_alpha)
+    out, history = selective_amnesia(ctx.original, ctx.fisher, acc, cfg, log_dir=ctx.log_dir, checkpointer=ctx.ckpt,
+                                     start=damped, anchor=damped)
+    info = {"alpha": s.dampen_alpha, "selected": info["selected"], "total": info["total"],
+            "selected_share": info["selected"] / info["total"], "per_tensor": info["per_tensor"],
+            "n_forget_fisher": s.n_forget_fisher}
+    return Outcome(out, history, info=info, sa_terms=True)
