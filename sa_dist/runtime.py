@@ -97,7 +97,8 @@ def make_accelerator(cpu: bool | None = None, mixed_precision: str = "no", proje
         n, why = configure_threads(threads)
         if _logged != [n]:
             _logged[:] = [n]
-            accelerator.print(f"sa_dist: {n} CPU thread(s) per process ({why})")
+            if accelerator.is_main_process:  # once per job (accelerator.print would print once per node)
+                print(f"sa_dist: {n} CPU thread(s) per process ({why})", flush=True)
     return accelerator
 
 

@@ -219,7 +219,8 @@ def run_attacks(run_dir: str | Path, kinds=KINDS, acfg: AttackConfig | None = No
     target = cfg.sa.forget[0] if a.target is None else a.target
     if target not in cfg.sa.forget:
         raise UsageError(f"--target {target} is not a forgotten class of this run ({cfg.sa.forget})")
-    accelerator = accelerator or make_accelerator(mixed_precision="no", project_dir=str(run_dir))
+    accelerator = accelerator or make_accelerator(mixed_precision="no", project_dir=str(run_dir),
+                                                  threads=torch.get_num_threads())  # the caller's (attack --threads)
     models = load_models(run_dir, cfg, results, accelerator, names, original, retrain)
     anchor = None
     if "weights" in kinds:  # the original and its Fisher (cached by the run; all processes take part)
