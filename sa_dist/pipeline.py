@@ -148,8 +148,8 @@ def run_baseline(cfg: RunConfig, run_dir: str | None = None, accelerator=None,
 
 def prepare_cache(cfg: RunConfig, needs_fisher: bool, checkpoint: str | None = None, accelerator=None) -> dict:
     """Fill the cache a series of runs shares: the evaluator (and with ``--protocol paper`` the paper classifier),
-    the baseline and (``needs_fisher``) its Fisher. Run
-    once before them (the SLURM sweep's dependency job); returns what was cached or computed."""
+    the baseline and (``needs_fisher``) its Fisher. Run once before them (the SLURM sweep's dependency job); returns
+    what was cached or computed."""
     accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision)
     get_evaluator(accelerator, cfg.data_dir, limit=cfg.train.limit)
     if cfg.protocol == "paper":
