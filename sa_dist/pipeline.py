@@ -147,10 +147,13 @@ def run_baseline(cfg: RunConfig, run_dir: str | None = None, accelerator=None,
 
 
 def prepare_cache(cfg: RunConfig, needs_fisher: bool, checkpoint: str | None = None, accelerator=None) -> dict:
-    """Fill the cache a series of runs shares: the evaluator, the baseline and (``needs_fisher``) its Fisher. Run
-    once before them (the SLURM sweep's dependency job); returns what was cached or computed."""
+    """Fill the cache a series of runs shares: the evaluator (and with ``--protocol paper`` the paper classifier),
+    the baseline and (``needs_fisher``) its Fisher. Run once before them (the SLURM sweep's dependency job); returns
+    what was cached or computed."""
     accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision, threads=cfg.threads)
     get_evaluator(accelerator, cfg.data_dir, limit=cfg.train.limit)
+    if cfg.protocol == "paper":
+        get_paper_classifier(accelerator, cfg.data_dir, limit=cfg.train.limit)
     model, base = get_baseline(cfg, accelerator, checkpoint)
     out = {"baseline": base["key"], "baseline_cached": base["cached"]}
     if needs_fisher:
