@@ -9,7 +9,8 @@ relearning on k real forgotten-class images at every lr of ``--lrs`` (steps to P
 attacker's best lr), retain-only relearning (the largest P(c_f) while fine-tuning on the other classes),
 condition and joint inversion, L2 / Fisher distance from θ* and the loss barrier on the line θ* -> θ (forgotten-class
 test images). Quality bars: P(c_f), retained sample accuracy and retained test nELBO against θ*'s; cost: the method's
-own seconds (Fisher + unlearning) over retraining's. Seeds are combined into mean and [min, max]. Writes PREFIX.json,
+own seconds (Fisher + unlearning) over retraining's. Seeds are combined into mean and [min, max]; each seed's numbers
+are kept in --work (robustness-ARCH-seedS.json; delete them to re-measure). Writes PREFIX.json,
 PREFIX.md and PREFIX.png (the frontier: cost vs relearning ratio vs quality) and prints the table.
 """
 import argparse
@@ -64,7 +65,7 @@ def one_seed(args, seed: int, accelerator, evaluator) -> dict:
     fisher = get_fisher(cfg, original, info["key"], accelerator)[0]
     a = AttackConfig(relearn_k=args.k, relearn_lr=args.lrs, relearn_steps=args.relearn_steps,
                      retain_steps=args.retain_steps, invert_restarts=args.restarts, invert_steps=args.invert_steps,
-                     seed=seed)
+                     relearn_samples=args.samples, seed=seed)
     target, dev = args.forget[0], accelerator.device
     attacks = {"relearn": run_relearn(models, evaluator, cfg, a, target, dev),
                "retain": run_retain(models, evaluator, cfg, a, target, dev),
@@ -161,6 +162,7 @@ def main():
     p.add_argument("--retain-steps", type=int, default=100)
     p.add_argument("--restarts", type=int, default=64)
     p.add_argument("--invert-steps", type=int, default=200)
+    p.add_argument("--samples", type=int, default=1000, help="samples scored per relearning step")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", help="PREFIX of PREFIX.json, .md, .png")
     args = p.parse_args()
@@ -169,7 +171,12 @@ def main():
     torch.set_num_threads(args.threads)
     accelerator = make_accelerator(cpu=True, mixed_precision="no")
     evaluator, _ = get_evaluator(accelerator)
-    per_seed = [one_seed(args, s, accelerator, evaluator) for s in args.seeds]
+    per_seed = []
+    for seed in args.seeds:  # each seed's numbers are kept in --work, so an interrupted benchmark resumes
+        path = args.work / f"robustness-{args.arch}-seed{seed}.json"
+        if not path.is_file():
+            write_json(path, one_seed(args, seed, accelerator, evaluator))
+        per_seed.append(json.loads(path.read_text()))
     comb = combine(per_seed, args.methods)
     result = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
               "combined": comb, "per_seed": {str(s): r["rows"] for s, r in zip(args.seeds, per_seed)},
