@@ -12,6 +12,7 @@ from pathlib import Path
 from .checkpoint import FORMAT_VERSION, load_checkpoint, load_fisher, read_metadata, save_checkpoint, save_fisher
 from .data import data_checksum
 from .fisher import diag_fisher
+from .runtime import memory_guard
 from .train import train_baseline
 from .utils import cache_root, stable_hash
 
@@ -73,8 +74,10 @@ def get_fisher(cfg, model, base_key: str, accelerator):
     if path.is_file():
         return load_fisher(path, model), float(read_metadata(path).get("seconds", "nan")), True
     t0 = time.perf_counter()
-    fisher = diag_fisher(model.to(accelerator.device), cfg.sa.n_fisher, seed=cfg.train.seed,
-                         batch=cfg.sa.fisher_batch, accelerator=accelerator)
+    with memory_guard("computing the Fisher", f"lower sa.fisher_batch ({cfg.sa.fisher_batch} samples per backward, "
+                      "in a --config file), --z-dim or --width"):
+        fisher = diag_fisher(model.to(accelerator.device), cfg.sa.n_fisher, seed=cfg.train.seed,
+                             batch=cfg.sa.fisher_batch, accelerator=accelerator)
     seconds = time.perf_counter() - t0
     if accelerator.is_main_process:
         save_fisher(path, fisher, {"n_samples": cfg.sa.n_fisher, "seed": cfg.train.seed, "baseline": base_key,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+import re
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
@@ -17,6 +19,43 @@ from .utils import UsageError, UserError
 
 class NonFiniteLoss(UserError):
     """A NaN or Inf loss: training stops, naming the step and the term."""
+
+
+class OutOfMemory(UserError):
+    """An allocation the machine (CPU or GPU) cannot hold: one line naming the stage and the setting to lower."""
+
+
+_OOM_TEXT = ("out of memory", "can't allocate memory", "not enough memory", "cannot allocate memory")
+_UNITS = {"B": 1, "KiB": 2 ** 10, "MiB": 2 ** 20, "GiB": 2 ** 30, "TiB": 2 ** 40}
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA) or a RuntimeError of an allocator that ran out (CPU: DefaultCPUAllocator)."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and any(t in str(error).lower() for t in _OOM_TEXT))
+
+
+def _allocation_gib(message: str) -> float | None:
+    """The failed allocation's size in GiB, from the CPU ("allocate N bytes") or CUDA ("allocate 2.50 GiB") text."""
+    m = re.search(r"allocate (\d+(?:\.\d+)?) ?(bytes|B|KiB|MiB|GiB|TiB)", message, re.IGNORECASE)
+    if m is None:
+        return None
+    unit = "B" if m.group(2).lower() in ("bytes", "b") else m.group(2)
+    return float(m.group(1)) * _UNITS.get(unit, 1) / 2 ** 30
+
+
+@contextmanager
+def memory_guard(stage: str, advice: str):
+    """Out of memory inside becomes ``OutOfMemory``: "out of memory while STAGE (an allocation of N GiB failed);
+    ADVICE", without the allocator's traceback. Any other error passes through."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        gib = _allocation_gib(str(e))
+        size = f" (an allocation of {gib:.1f} GiB failed)" if gib is not None else ""
+        raise OutOfMemory(f"out of memory while {stage}{size}; {advice}") from None
 
 
 def make_accelerator(cpu: bool | None = None, mixed_precision: str = "no", project_dir: str | None = None):

@@ -45,3 +45,84 @@ def test_naive_without_a_scaler_reports_no_skipped_steps_and_is_seeded_by_sa_see
     for a, b in zip(runs[0].model.parameters(), runs[1].model.parameters()):
         assert torch.equal(a, b)
     assert runs[0].info["scaler_skipped_steps"] == 0
+
+
+# ---- out of memory ---------------------------------------------------------------------------------------------
+
+from sa_dist import runtime  # noqa: E402
+from sa_dist.utils import UserError  # noqa: E402
+
+CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
+           "allocate 102400000000 bytes. Error code 12 (Cannot allocate memory)")
+CUDA_OOM = ("CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of 79.15 GiB of which "
+            "1.02 GiB is free.")
+
+
+@pytest.mark.parametrize("error,size", [(RuntimeError(CPU_OOM), "95.4 GiB"),
+                                        (torch.OutOfMemoryError(CUDA_OOM), "2.5 GiB"),
+                                        (RuntimeError("out of memory"), None)])
+def test_memory_guard_turns_an_allocation_failure_into_one_line_naming_the_setting(error, size):
+    with pytest.raises(UserError) as e:
+        with runtime.memory_guard("building the model", "lower --z-dim or --width"):
+            raise error
+    msg = str(e.value)
+    assert msg.startswith("out of memory while building the model") and msg.endswith("lower --z-dim or --width")
+    assert "\n" not in msg and e.value.exit_code == 1
+    assert (f"an allocation of {size} failed" in msg) if size else "allocation" not in msg
+
+
+def test_memory_guard_lets_other_errors_through():
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        with runtime.memory_guard("training", "lower --batch"):
+            raise RuntimeError("shape mismatch")
+
+
+def _oom(*args, **kwargs):
+    raise torch.OutOfMemoryError(CUDA_OOM)
+
+
+@pytest.mark.parametrize("target,stage,advice", [
+    ("sa_dist.train.build_model", "building the model", "--z-dim"),
+    ("sa_dist.train.train_vae", "training the baseline", "--batch"),
+    ("sa_dist.cache.diag_fisher", "computing the Fisher", "fisher_batch"),
+    ("sa_dist.amnesia.sa_objective", "unlearning", "--surrogate-batch"),
+])
+def test_out_of_memory_in_each_stage_names_it_and_leaves_no_run_directory(tmp_path, monkeypatch, tiny_baseline,
+                                                                        target, stage, advice):
+    from sa_dist.config import with_values
+    from sa_dist.pipeline import run_unlearn
+    from conftest import sa_config
+
+    monkeypatch.setattr(target, _oom)
+    cfg = with_values(sa_config(), {"train.limit": LIMIT, "train.epochs": 1, "sa.n_fisher": 200,
+                                    "eval_samples": 50})
+    checkpoint = None if "train" in target else str(tiny_baseline[1])
+    with pytest.raises(UserError) as e:
+        run_unlearn(cfg, run_dir=str(tmp_path / "run"), checkpoint=checkpoint)
+    assert str(e.value).startswith(f"out of memory while {stage}") and advice in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failed_run_keeps_a_run_directory_the_user_gave_with_content(tmp_path, monkeypatch):
+    from sa_dist.pipeline import run_unlearn
+    from conftest import sa_config
+
+    given = tmp_path / "mine"
+    given.mkdir()
+    (given / "notes.txt").write_text("keep me")
+    monkeypatch.setattr("sa_dist.train.build_model", _oom)
+    with pytest.raises(UserError):
+        run_unlearn(sa_config(**{"train.limit": LIMIT}), run_dir=str(given))
+    assert (given / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_a_model_the_machine_cannot_hold_is_one_line_and_no_run_directory(tmp_path):
+    from conftest import run_script
+
+    r = run_script("scripts/unlearn.py", "--z-dim", "100000000", "--limit", "500", "--run-dir", tmp_path / "x")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: out of memory while building the model (an allocation of ")
+    assert lines[-1].endswith("GiB failed); lower --z-dim or --width")
+    assert not (tmp_path / "x").exists()
