@@ -18,6 +18,7 @@ from .evaluation.evaluator import get_evaluator
 from .evaluation.metrics import class_metrics, compare
 from .methods import Context, get_method
 from .resume import checkpointer, drop_state
+from .surrogate import z_blind_nelbo
 from .runs import discard_on_failure, has_content, load_results, new_run_dir, resumed_checkpoint
 from .runtime import make_accelerator, memory_guard
 from .train import train_baseline
@@ -210,7 +211,9 @@ def report_line(results: dict, run_dir) -> str:
     f = ", ".join(f"{k}: P {s['before']['forgotten_p_class'][k]:.3f} -> {v:.4f} "
                   f"(H {s['after']['forgotten_entropy'][k]:.2f})" for k, v in s["after"]["forgotten_p_class"].items())
     sur = results["surrogate"]["nelbo"]
-    return (f"forgotten {f}; surrogate nELBO {sur['before']:.1f} -> {sur['after']:.1f} (floor {sur['floor']})\n"
+    z_blind = z_blind_nelbo(sur)
+    ref = "" if z_blind is None else f" (a decoder blind to z: {z_blind:.1f})"
+    return (f"forgotten {f}; surrogate nELBO {sur['before']:.1f} -> {sur['after']:.1f}{ref}\n"
             f"retained sample_acc {s['before']['retained_sample_acc']:.4f} -> {s['after']['retained_sample_acc']:.4f}, "
             f"test nELBO {s['before']['retained_test_nelbo']:.2f} -> {s['after']['retained_test_nelbo']:.2f}\n"
             f"seconds: baseline {t['baseline']}, fisher {t['fisher']:.1f}, SA {t['unlearn']:.1f}, "

@@ -126,3 +126,59 @@ def test_a_model_the_machine_cannot_hold_is_one_line_and_no_run_directory(tmp_pa
     assert lines[-1].startswith("error: out of memory while building the model (an allocation of ")
     assert lines[-1].endswith("GiB failed); lower --z-dim or --width")
     assert not (tmp_path / "x").exists()
+
+
+# ---- the uniform surrogate's z-blind nELBO ----------------------------------------------------------------------
+
+import json  # noqa: E402
+import math  # noqa: E402
+import runpy  # noqa: E402
+
+from conftest import ROOT  # noqa: E402
+
+
+def test_the_uniform_surrogates_reference_is_the_z_blind_decoders_nelbo_not_a_floor():
+    from sa_dist import surrogate
+
+    assert surrogate.Uniform.z_blind == pytest.approx(784 * math.log(2))
+    assert not hasattr(surrogate.Uniform, "floor")
+    assert surrogate.z_blind_nelbo({"z_blind": 1.5, "after": 2.0}) == 1.5
+    assert surrogate.z_blind_nelbo({"floor": 543.4, "after": 544.0}) == 543.4  # results.json of older runs
+    assert surrogate.z_blind_nelbo({"after": 544.0}) is None
+
+
+def test_the_surrogate_curve_shows_values_below_the_z_blind_nelbo(monkeypatch):
+    from sa_dist.analysis import plots
+
+    figs = []
+    monkeypatch.setattr(plots, "save_png", lambda fig, path, dpi=150: figs.append(fig))
+    rows = [{"step": s, "surrogate_nelbo": v, "replay_nelbo": 100.0, "ewc": 1e-3}
+            for s, v in ((1, 3000.0), (2, 600.0), (3, 540.0), (4, 400.0))]  # the last two below 543.4
+    plots.plot_sa_curves(rows, "unused.png", 784 * math.log(2))
+    ax = figs[0].axes[0]
+    assert ax.get_yscale() != "log"  # a log axis of (nELBO - 543.4) drops the last two points silently
+    shown = [y for line in ax.get_lines() for y in line.get_ydata()]
+    assert min(shown) < 0 and len(ax.get_lines()[0].get_ydata()) == 4
+
+
+def _results(tmp_path, nelbo):
+    d = tmp_path / "run"
+    d.mkdir()
+    side = {"forgotten_p_class": {"2": 0.01}, "forgotten_entropy": {"2": 0.1}, "retained_sample_acc": 0.97,
+            "retained_test_nelbo": 96.0}
+    (d / "results.json").write_text(json.dumps({
+        "config": {"model": {"arch": "conv"}, "sa": {"lam": 1.0}}, "forget_classes": [2],
+        "summary": {"before": side, "after": side},
+        "surrogate": {"kind": "images.npy", "ideal": {"p_class": {"2": 0.0}, "entropy": 0.1},
+                      "samples": {"entropy": 0.2}, "nelbo": nelbo},
+        "timing_s": {"fisher": 1.0, "unlearn": 10.0, "baseline": 200.0}}))
+    return d
+
+
+@pytest.mark.parametrize("nelbo,shown", [({"before": 900.0, "after": 600.0}, "| 600.0 (–) |"),
+                                         ({"before": 900.0, "after": 544.0, "floor": 543.4}, "(0.11%)"),
+                                         ({"before": 900.0, "after": 544.0, "z_blind": 543.4}, "(0.11%)")])
+def test_sa_table_reads_any_surrogate_block_and_hard_codes_no_reference(tmp_path, nelbo, shown):
+    table = runpy.run_path(str(ROOT / "benchmarks" / "sa_table.py"))
+    md = table["markdown"]([table["row"](_results(tmp_path, nelbo))])
+    assert "543.4" not in md.splitlines()[0] and shown in md
