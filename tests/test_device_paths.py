@@ -182,3 +182,19 @@ def test_sa_table_reads_any_surrogate_block_and_hard_codes_no_reference(tmp_path
     table = runpy.run_path(str(ROOT / "benchmarks" / "sa_table.py"))
     md = table["markdown"]([table["row"](_results(tmp_path, nelbo))])
     assert "543.4" not in md.splitlines()[0] and shown in md
+
+
+# ---- λ against the paper's scale --------------------------------------------------------------------------------
+
+def test_lambda_is_documented_with_its_conversion_to_the_reference_implementations_scale():
+    """The reference implementation sums each term over a batch of 256, sa_dist averages: λ_here = λ_paper / 256."""
+    from dataclasses import fields
+
+    from sa_dist.cli.flags import flags_markdown
+
+    lam_help = next(f for f in fields(SAConfig) if f.name == "lam").metadata["help"]
+    assert "/ 256" in lam_help and "0.39" in lam_help
+    assert "/ 256" in flags_markdown()
+    method = (ROOT / "docs" / "method.md").read_text()
+    assert "not written up yet" not in method and "λ_paper / 256" in method and "0.39" in method
+    assert "λ_paper / 256" in (ROOT / "README.md").read_text()
