@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .models import negative_elbo
+from .runtime import exact_float32
 
 BLOCK = 100  # samples are drawn in fixed blocks of this many, each from its own generator
 _CHUNK_ELEMS = 1 << 20  # cap on the unfolded windows and per-sample gradients held at once
@@ -234,9 +235,9 @@ def diag_fisher(model: nn.Module, n_samples: int, seed: int, batch: int, acceler
                 progress: bool = True) -> dict[str, torch.Tensor]:
     """F_i = (1/N) sum_n (d nelbo_n / d theta_i)^2 over N = ``n_samples`` samples the model draws itself.
 
-    Computed in float32 on a deep copy of the (unwrapped) model, in eval mode, with autocast off, so mixed
-    precision does not touch it. With an ``accelerator``, process r of P takes blocks r, r+P, r+2P, ... of
-    ``BLOCK`` samples, in backward batches of ``batch`` samples (rounded to whole blocks); the squared-gradient
+    Computed in float32 on a deep copy of the (unwrapped) model, in eval mode, with autocast and TF32 off
+    (``runtime.exact_float32``), so neither mixed precision nor a GPU's TF32 touches it. With an ``accelerator``,
+    process r of P takes blocks r, r+P, r+2P, ... of ``BLOCK`` samples, in backward batches of ``batch`` samples (rounded to whole blocks); the squared-gradient
     sums are all-reduced and divided by N on every process. The result is the same for any P and batch up to
     float32 summation order. Returns {parameter name: float32 tensor} on the model's device.
     """
@@ -251,7 +252,7 @@ def diag_fisher(model: nn.Module, n_samples: int, seed: int, batch: int, acceler
     is_main = accelerator is None or accelerator.is_main_process
     device_type = next(net.parameters()).device.type
     with tqdm(total=n_mine, unit="sample", desc="fisher", disable=not (progress and is_main)) as bar, \
-            torch.autocast(device_type=device_type, enabled=False):
+            torch.autocast(device_type=device_type, enabled=False), exact_float32():
         for i in range(0, len(blocks), per_step):
             parts = [fisher_batch(net, seed, k * BLOCK, min(BLOCK, n_samples - k * BLOCK))
                      for k in blocks[i:i + per_step]]

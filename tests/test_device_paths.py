@@ -198,3 +198,38 @@ def test_lambda_is_documented_with_its_conversion_to_the_reference_implementatio
     method = (ROOT / "docs" / "method.md").read_text()
     assert "not written up yet" not in method and "λ_paper / 256" in method and "0.39" in method
     assert "λ_paper / 256" in (ROOT / "README.md").read_text()
+
+
+# ---- TF32 off around the Fisher ---------------------------------------------------------------------------------
+
+@pytest.fixture
+def tf32_on():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def _tf32():
+    return torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+
+
+def test_exact_float32_turns_tf32_off_and_restores_it(tf32_on):
+    with runtime.exact_float32():
+        assert _tf32() == (False, False)
+    assert _tf32() == (True, True)
+    with pytest.raises(ValueError):  # restored on an error too
+        with runtime.exact_float32():
+            raise ValueError
+    assert _tf32() == (True, True)
+
+
+def test_the_fisher_is_computed_without_tf32(tf32_on, monkeypatch):
+    from sa_dist import fisher
+    from sa_dist.models import ModelConfig, build_model
+
+    seen = []
+    real = fisher.sum_sq_grads
+    monkeypatch.setattr(fisher, "sum_sq_grads", lambda *a: seen.append(_tf32()) or real(*a))
+    fisher.diag_fisher(build_model(ModelConfig(arch="linear", width=32)), 200, seed=0, batch=100, progress=False)
+    assert seen == [(False, False)] * 2 and _tf32() == (True, True)
