@@ -21,7 +21,7 @@ from .data import TensorBatches, batch_loader
 from .models import CVAE, plain_copy
 from .objective import sa_objective
 from .resume import Checkpointer, inject
-from .runtime import check_finite, start_tracking, stop_tracking, wrap_model
+from .runtime import check_device, check_finite, start_tracking, stop_tracking, wrap_model
 from .surrogate import get_surrogate
 
 TERMS = ("surrogate_nelbo", "replay_nelbo", "ewc", "loss")  # a history row's floats, as SATerms' fields
@@ -116,6 +116,7 @@ def selective_amnesia(model: CVAE, fisher: dict, accelerator, cfg: RunConfig, *,
     net = wrap_model(accelerator, copy.deepcopy(frozen).requires_grad_(True), cfg.sync_bn)
     opt = torch.optim.Adam(net.parameters(), lr=s.lr)
     net, opt = accelerator.prepare(net, opt)
+    check_device(accelerator, net, *fisher, *theta_star, what="a tensor of the SA loss")
     if log_dir is not None:
         start_tracking(accelerator, log_dir, "sa", asdict(cfg))
     ckpt = checkpointer or Checkpointer(accelerator, None, "sa")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .models import negative_elbo
-from .runtime import exact_float32
+from .runtime import check_device, exact_float32
 
 BLOCK = 100  # samples are drawn in fixed blocks of this many, each from its own generator
 _CHUNK_ELEMS = 1 << 20  # cap on the unfolded windows and per-sample gradients held at once
@@ -226,7 +226,9 @@ def _float32_copy(model: nn.Module, accelerator=None) -> nn.Module:
 
 def _all_reduce_sum(sums: dict[str, torch.Tensor], accelerator) -> dict[str, torch.Tensor]:
     """Sum each tensor over processes, in one flat all-reduce."""
-    flat = accelerator.reduce(torch.cat([s.flatten() for s in sums.values()]), reduction="sum")  # (n_params,)
+    flat = torch.cat([s.flatten() for s in sums.values()])  # (n_params,)
+    check_device(accelerator, flat, what="the Fisher's sums")
+    flat = accelerator.reduce(flat, reduction="sum")
     parts = flat.split([s.numel() for s in sums.values()])
     return {name: part.view_as(s) for (name, s), part in zip(sums.items(), parts)}
 
@@ -244,6 +246,8 @@ def diag_fisher(model: nn.Module, n_samples: int, seed: int, batch: int, acceler
     if n_samples < 1 or batch < 1:
         raise ValueError(f"diag_fisher needs n_samples >= 1 and batch >= 1, got {n_samples} and {batch}")
     net = _float32_copy(model, accelerator)
+    if accelerator is not None:  # its sums meet in an all-reduce on accelerator.device
+        check_device(accelerator, net, what="the Fisher's model")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     blocks = list(range(rank, math.ceil(n_samples / BLOCK), world))
     per_step = max(1, round(batch / BLOCK))

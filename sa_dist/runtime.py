@@ -142,3 +142,24 @@ def exact_float32():
         yield
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+class DeviceMismatch(RuntimeError):
+    """A tensor or module that reaches a collective or the loss is not on ``accelerator.device``."""
+
+
+def _same_device(d: torch.device, want: torch.device) -> bool:
+    return d.type == want.type and (d.index is None or want.index is None or d.index == want.index)
+
+
+def check_device(accelerator, *items, what: str = "a tensor") -> None:
+    """Every tensor (anything with ``.device``) and every module's parameters and buffers in ``items`` is on
+    ``accelerator.device``; else ``DeviceMismatch`` naming both devices. Under NCCL a CPU tensor in an all-reduce
+    fails deep inside the collective, and on one GPU a CPU model silently computes on the CPU: this says it first."""
+    want = torch.device(accelerator.device)
+    for item in items:
+        tensors = list(item.parameters()) + list(item.buffers()) if isinstance(item, nn.Module) else [item]
+        for t in tensors:
+            if not _same_device(t.device, want):
+                raise DeviceMismatch(f"{what} is on {t.device}, the accelerator on {want}: move it with "
+                                     ".to(accelerator.device) first")

@@ -233,3 +233,58 @@ def test_the_fisher_is_computed_without_tf32(tf32_on, monkeypatch):
     monkeypatch.setattr(fisher, "sum_sq_grads", lambda *a: seen.append(_tf32()) or real(*a))
     fisher.diag_fisher(build_model(ModelConfig(arch="linear", width=32)), 200, seed=0, batch=100, progress=False)
     assert seen == [(False, False)] * 2 and _tf32() == (True, True)
+
+
+# ---- device consistency -----------------------------------------------------------------------------------------
+
+import types  # noqa: E402
+
+
+class OtherDeviceAccelerator:
+    """An accelerator whose device is not the CPU (the meta device stands in for cuda:0), with a reduce that refuses
+    tensors elsewhere, as NCCL refuses CPU tensors."""
+
+    device = torch.device("meta")
+    process_index, num_processes, is_main_process = 0, 2, True
+
+    def unwrap_model(self, model):
+        return model
+
+    def reduce(self, tensor, reduction="sum"):
+        if tensor.device != self.device:
+            raise RuntimeError(f"No backend type associated with device type {tensor.device.type}")
+        return tensor
+
+
+def test_check_device_names_what_is_on_another_device():
+    acc = types.SimpleNamespace(device=torch.device("meta"))
+    runtime.check_device(acc, torch.zeros(2, device="meta"), torch.nn.Linear(2, 2, device="meta"))
+    with pytest.raises(runtime.DeviceMismatch, match=r"cpu.*meta"):
+        runtime.check_device(acc, torch.zeros(2, device="meta"), torch.nn.Linear(2, 2))
+    cuda1 = types.SimpleNamespace(device=torch.device("cuda", 1))
+    with pytest.raises(runtime.DeviceMismatch, match="cuda:0"):
+        runtime.check_device(cuda1, types.SimpleNamespace(device=torch.device("cuda", 0)))  # a tensor stand-in
+
+
+def test_the_fisher_refuses_a_model_off_the_accelerators_device_before_any_collective():
+    from sa_dist.fisher import diag_fisher
+    from sa_dist.models import ModelConfig, build_model
+
+    with pytest.raises(runtime.DeviceMismatch, match="accelerator.device"):
+        diag_fisher(build_model(ModelConfig(arch="linear", width=32)), 200, seed=0, batch=100,
+                    accelerator=OtherDeviceAccelerator(), progress=False)
+
+
+def test_the_api_computes_the_fisher_on_the_accelerators_device(monkeypatch):
+    import sa_dist.api as api
+    from sa_dist.models import ModelConfig, build_model
+
+    seen = {}
+    monkeypatch.setattr(api, "diag_fisher", lambda model, *a, **k: seen.setdefault("device", next(
+        model.parameters()).device) and {})
+    monkeypatch.setattr(api, "selective_amnesia", lambda model, *a, **k: (model, []))
+    m = api.SelectiveAmnesiaVAE(arch="linear", accelerator=OtherDeviceAccelerator())
+    m.original = build_model(ModelConfig(arch="linear", width=32))
+    m.selective_amnesia(epochs=1, n_fisher=200)
+    assert seen["device"] == torch.device("meta")
+    assert next(m.original.parameters()).device.type == "cpu"  # the object's theta* stays where it was
