@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
+from accelerate.utils import (DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration,
+                               broadcast_object_list)
 
 from .utils import UsageError, UserError
 
@@ -163,3 +164,14 @@ def check_device(accelerator, *items, what: str = "a tensor") -> None:
             if not _same_device(t.device, want):
                 raise DeviceMismatch(f"{what} is on {t.device}, the accelerator on {want}: move it with "
                                      ".to(accelerator.device) first")
+
+
+def main_decides(accelerator, value):
+    """``value`` as the main process computed it, on every process (one broadcast; none with one process). For
+    decisions that choose between collective code paths (cached or computed by all ranks): ranks that decided
+    apart would wait for each other until the collective timeout."""
+    if accelerator.num_processes == 1:
+        return value
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]

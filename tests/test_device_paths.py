@@ -288,3 +288,42 @@ def test_the_api_computes_the_fisher_on_the_accelerators_device(monkeypatch):
     m.selective_amnesia(epochs=1, n_fisher=200)
     assert seen["device"] == torch.device("meta")
     assert next(m.original.parameters()).device.type == "cpu"  # the object's theta* stays where it was
+
+
+# ---- cache decisions: the main process decides ------------------------------------------------------------------
+
+def _rank1(monkeypatch, main_says):
+    """Rank 1 of 2, whose broadcast delivers the main process's ``main_says``."""
+    def broadcast(objects, from_process=0):
+        objects[0] = main_says
+        return objects
+
+    monkeypatch.setattr(runtime, "broadcast_object_list", broadcast, raising=False)
+    return types.SimpleNamespace(device=torch.device("cpu"), process_index=1, num_processes=2,
+                                 is_main_process=False, wait_for_everyone=lambda: None)
+
+
+@pytest.mark.parametrize("main_says", [True, False])
+def test_every_rank_follows_the_main_processs_cache_decision(tmp_path, monkeypatch, main_says):
+    from sa_dist.cache import cached_everywhere
+
+    here = tmp_path / "entry.safetensors"
+    if not main_says:
+        here.write_bytes(b"x")  # this rank sees a file the main process does not
+    assert cached_everywhere(_rank1(monkeypatch, main_says), here) is main_says
+
+
+def test_a_rank_that_misses_the_fisher_file_loads_it_when_the_main_process_has_it(monkeypatch):
+    import sa_dist.cache as cache
+    from conftest import sa_config
+
+    acc = _rank1(monkeypatch, True)
+    monkeypatch.setattr(cache, "fisher_path", lambda key: Path("/nonexistent/fisher.safetensors"))
+    monkeypatch.setattr(cache, "load_fisher", lambda path, model: {"w": torch.ones(1)})
+    monkeypatch.setattr(cache, "read_metadata", lambda path: {"seconds": "2.5"})
+    monkeypatch.setattr(cache, "diag_fisher", lambda *a, **k: pytest.fail("computed alone: the job would hang"))
+    fisher, seconds, cached = cache.get_fisher(sa_config(), torch.nn.Linear(1, 1), "key", acc)
+    assert cached and seconds == 2.5
+
+
+from pathlib import Path  # noqa: E402
