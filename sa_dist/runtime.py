@@ -175,3 +175,16 @@ def main_decides(accelerator, value):
     box = [value]
     broadcast_object_list(box, from_process=0)
     return box[0]
+
+
+def rank_noise(accelerator, seed: int | None = None) -> None:
+    """Give each process its own stream of reparameterisation noise (torch's global generators, CPU and CUDA).
+    Call after ``prepare``, which reads the shared seed for the loaders' shuffles. Rank 0 keeps its stream, so one
+    process computes what it always did; rank r >= 1 is reseeded from (``seed``, r), ``seed`` defaulting to the
+    one every rank set (``torch.initial_seed()``). Without it every rank draws the same noise for its shard of the
+    batch: unbiased, but the shards' noise is correlated and the averaged gradient is noisier than it should be."""
+    rank = accelerator.process_index
+    if rank == 0:
+        return
+    base = torch.initial_seed() if seed is None else seed
+    torch.manual_seed((base * 1_000_003 + 7919 * rank) % (1 << 63))

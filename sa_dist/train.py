@@ -15,8 +15,8 @@ from tqdm.auto import tqdm
 from .data import loaders
 from .models import build_model, negative_elbo, plain_copy
 from .resume import Checkpointer, inject
-from .runtime import (average_buffers, check_finite, memory_guard, start_tracking, stop_tracking, tb_writer,
-                      wrap_model)
+from .runtime import (average_buffers, check_finite, memory_guard, rank_noise, start_tracking, stop_tracking,
+                      tb_writer, wrap_model)
 from .utils import UsageError
 
 
@@ -65,6 +65,7 @@ def train_vae(model: nn.Module, train_loader, test_loader, accelerator: Accelera
     model = wrap_model(accelerator, model, sync_bn)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model, opt, train_loader, test_loader = accelerator.prepare(model, opt, train_loader, test_loader)
+    rank_noise(accelerator)  # after prepare: the loaders' shuffles keep the shared seed
     if log_dir is not None:
         start_tracking(accelerator, log_dir, "baseline", config)
     per_epoch = len(train_loader)

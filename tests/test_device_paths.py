@@ -327,3 +327,49 @@ def test_a_rank_that_misses_the_fisher_file_loads_it_when_the_main_process_has_i
 
 
 from pathlib import Path  # noqa: E402
+
+
+# ---- per-rank reparameterisation noise --------------------------------------------------------------------------
+
+def _noise_after_rank_noise(rank, seed=49):
+    from accelerate.utils import set_seed
+
+    set_seed(seed)  # what every rank does before prepare
+    runtime.rank_noise(types.SimpleNamespace(process_index=rank, num_processes=2))
+    return torch.randn(1000)
+
+
+def test_each_rank_draws_its_own_noise_and_rank_0_keeps_the_seeds_stream():
+    from accelerate.utils import set_seed
+
+    set_seed(49)
+    plain = torch.randn(1000)
+    r0, r1, r2 = (_noise_after_rank_noise(r) for r in (0, 1, 2))
+    assert torch.equal(r0, plain)  # one process (rank 0): the numbers it always had
+    assert not torch.equal(r0, r1) and not torch.equal(r1, r2)
+    assert abs(torch.corrcoef(torch.stack([r0, r1]))[0, 1]) < 0.1
+    assert torch.equal(r1, _noise_after_rank_noise(1))  # same seed, same numbers on every rank
+    assert not torch.equal(r1, _noise_after_rank_noise(1, seed=50))
+
+
+@pytest.mark.parametrize("module,seeded", [("sa_dist.train", "train_vae"), ("sa_dist.amnesia", "selective_amnesia"),
+                                           ("sa_dist.methods.naive", "unlearn")])
+def test_every_training_loop_gives_each_rank_its_own_noise_after_prepare(module, seeded):
+    import importlib
+    import inspect
+
+    src = inspect.getsource(getattr(importlib.import_module(module), seeded))
+    assert "rank_noise(" in src and src.index("rank_noise(") > src.index(".prepare(")
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_draw_different_noise_and_still_split_one_shuffled_batch(tmp_path):
+    from conftest import torchrun
+
+    r = torchrun(ROOT / "tests" / "workers" / "rank_noise.py", tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{i}.pt") for i in (0, 1))
+    assert not torch.equal(r0["noise"], r1["noise"])
+    for a, b in zip(r0["shards"], r1["shards"]):  # halves of the same global batch: disjoint, 64 + 64
+        assert len(a) == len(b) == 64 and not set(a) & set(b)
+    assert r0["shards"][0] != list(range(64))  # shuffled

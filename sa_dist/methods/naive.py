@@ -15,7 +15,7 @@ from ..data import batch_loader, load_mnist
 from accelerate.utils import set_seed
 
 from ..models import negative_elbo, plain_copy
-from ..runtime import start_tracking, stop_tracking, wrap_model
+from ..runtime import rank_noise, start_tracking, stop_tracking, wrap_model
 from . import Context, Outcome
 
 USES = ()
@@ -58,6 +58,7 @@ def unlearn(ctx: Context) -> Outcome:
     net = wrap_model(acc, plain_copy(ctx.original).requires_grad_(True))
     opt = torch.optim.Adam(net.parameters(), lr=s.lr)
     net, opt, loader = acc.prepare(net, opt, loader)
+    rank_noise(acc, cfg.sa_seed)
     inner = acc.unwrap_model(net)
     if ctx.log_dir is not None:
         start_tracking(acc, ctx.log_dir, "naive")
