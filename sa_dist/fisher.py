@@ -239,8 +239,8 @@ def diag_fisher(model: nn.Module, n_samples: int, seed: int, batch: int, acceler
 
     Computed in float32 on a deep copy of the (unwrapped) model, in eval mode, with autocast and TF32 off
     (``runtime.exact_float32``), so neither mixed precision nor a GPU's TF32 touches it. With an ``accelerator``,
-    process r of P takes blocks r, r+P, r+2P, ... of ``BLOCK`` samples, in backward batches of ``batch`` samples (rounded to whole blocks); the squared-gradient
-    sums are all-reduced and divided by N on every process. The result is the same for any P and batch up to
+    process r of P takes blocks r, r+P, r+2P, ... of ``BLOCK`` samples, in backward batches of ``batch`` samples
+    (rounded to whole blocks); the squared-gradient sums are all-reduced and divided by N on every process. The result is the same for any P and batch up to
     float32 summation order. Returns {parameter name: float32 tensor} on the model's device.
     """
     if n_samples < 1 or batch < 1:
