@@ -1,10 +1,14 @@
 """Summarise finished runs against the acceptance bars (docs/results.md); prints JSON, or Markdown with --md.
+The surrogate's gap is to its z-blind nELBO (results.json ``surrogate.nelbo.z_blind``, ``floor`` in older runs;
+"–" for a surrogate without one).
 
     python benchmarks/sa_table.py RUN_DIR [RUN_DIR ...] [--md]
 """
 import argparse
 import json
 from pathlib import Path
+
+from sa_dist.surrogate import z_blind_nelbo
 
 
 def row(run_dir: Path) -> dict:
@@ -14,8 +18,8 @@ def row(run_dir: Path) -> dict:
     b, a = s["before"], s["after"]
     p_after = max(a["forgotten_p_class"][k] for k in fc)
     ideal = max(sur["ideal"]["p_class"][k] for k in fc)
-    floor = sur["nelbo"]["floor"]
-    gap = (sur["nelbo"]["after"] - floor) / floor if floor else None
+    z_blind = z_blind_nelbo(sur["nelbo"])  # None for a surrogate without a closed form (a user's .npy)
+    gap = (sur["nelbo"]["after"] - z_blind) / z_blind if z_blind else None
     acc_drop = 100 * (b["retained_sample_acc"] - a["retained_sample_acc"])
     nelbo_rise = 100 * (a["retained_test_nelbo"] / b["retained_test_nelbo"] - 1)
     cost = (t["fisher"] + t["unlearn"]) / t["baseline"] if t["baseline"] else None
@@ -23,7 +27,8 @@ def row(run_dir: Path) -> dict:
             "p_before": max(b["forgotten_p_class"][k] for k in fc), "p_after": p_after,
             "entropy_after": max(a["forgotten_entropy"][k] for k in fc), "ideal_p": ideal,
             "ideal_entropy": sur["ideal"]["entropy"], "raw_surrogate_entropy": sur["samples"]["entropy"],
-            "surrogate_nelbo_after": sur["nelbo"]["after"], "surrogate_gap_pct": None if gap is None else 100 * gap,
+            "surrogate_nelbo_after": sur["nelbo"]["after"], "surrogate_z_blind": z_blind,
+            "surrogate_gap_pct": None if gap is None else 100 * gap,
             "retained_acc_before": b["retained_sample_acc"], "retained_acc_after": a["retained_sample_acc"],
             "retained_acc_drop_pts": acc_drop, "retained_nelbo_before": b["retained_test_nelbo"],
             "retained_nelbo_after": a["retained_test_nelbo"], "retained_nelbo_rise_pct": nelbo_rise,
@@ -33,15 +38,19 @@ def row(run_dir: Path) -> dict:
                      "cost": cost is not None and cost <= 0.10}}
 
 
+def _pct(value) -> str:
+    return "–" if value is None else f"{value:.2f}%"
+
+
 def markdown(rows: list) -> str:
     out = ["| arch | forget | λ | P(y=c_f) before → after (bar ≤ 0.01) | H after (ideal, raw) "
-           "| surrogate nELBO (gap to 543.4) | retained acc before → after | retained test nELBO before → after | Fisher + SA / baseline |",
+           "| surrogate nELBO (gap to z-blind) | retained acc before → after | retained test nELBO before → after | Fisher + SA / baseline |",
            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         s = r["seconds"]
         out.append(f"| {r['arch']} | {','.join(r['forget'])} | {r['lam']:g} | {r['p_before']:.3f} → {r['p_after']:.4f} "
                    f"| {r['entropy_after']:.2f} ({r['ideal_entropy']:.2f}, {r['raw_surrogate_entropy']:.2f}) "
-                   f"| {r['surrogate_nelbo_after']:.1f} ({r['surrogate_gap_pct']:.2f}%) "
+                   f"| {r['surrogate_nelbo_after']:.1f} ({_pct(r['surrogate_gap_pct'])}) "
                    f"| {100 * r['retained_acc_before']:.2f}% → {100 * r['retained_acc_after']:.2f}% "
                    f"| {r['retained_nelbo_before']:.2f} → {r['retained_nelbo_after']:.2f} "
                    f"(+{r['retained_nelbo_rise_pct']:.2f}%) "

@@ -2,7 +2,8 @@
 
 The data of both expectations is generated, never real: the surrogate dataset samples q(x|c_f) for the forgotten
 labels, the replay dataset samples a frozen copy of theta* for the retained ones. Each process draws its own share
-of both (n_replay / processes, its own seed); DDP averages the gradients.
+of both (n_replay / processes, its own seed) and its own reparameterisation noise (``runtime.rank_noise``); DDP
+averages the gradients.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from .data import TensorBatches, batch_loader
 from .models import CVAE, plain_copy
 from .objective import sa_objective
 from .resume import Checkpointer, inject
-from .runtime import check_finite, start_tracking, stop_tracking, wrap_model
+from .runtime import check_device, check_finite, rank_noise, start_tracking, stop_tracking, wrap_model
 from .surrogate import get_surrogate
 
 TERMS = ("surrogate_nelbo", "replay_nelbo", "ewc", "loss")  # a history row's floats, as SATerms' fields
@@ -122,6 +123,8 @@ def selective_amnesia(model: CVAE, fisher: dict, accelerator, cfg: RunConfig, *,
     net = wrap_model(accelerator, copy.deepcopy(first).requires_grad_(True), cfg.sync_bn)
     opt = torch.optim.Adam(net.parameters(), lr=s.lr)
     net, opt = accelerator.prepare(net, opt)
+    rank_noise(accelerator, seed)
+    check_device(accelerator, net, *fisher, *theta_star, what="a tensor of the SA loss")
     if log_dir is not None:
         start_tracking(accelerator, log_dir, "sa", asdict(cfg))
     ckpt = checkpointer or Checkpointer(accelerator, None, "sa")

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,7 +54,8 @@ class SelectiveAmnesiaVAE:
         s = replace(self.cfg.sa, sa_epochs=epochs, lam=lambda_reg, gamma=gamma, lr=lr, n_fisher=n_fisher,
                     surrogate=surrogate, **settings)
         self.cfg = validate(replace(self.cfg, sa=s))
-        self.fisher = diag_fisher(self.original, n_fisher, seed=self.cfg.train.seed, batch=s.fisher_batch,
+        on_device = copy.deepcopy(self.original).to(self.accelerator.device)  # as the pipeline computes it
+        self.fisher = diag_fisher(on_device, n_fisher, seed=self.cfg.train.seed, batch=s.fisher_batch,
                                   accelerator=self.accelerator)
         self.unlearned, self.history["sa"] = selective_amnesia(self.original, self.fisher, self.accelerator, self.cfg)
         return self

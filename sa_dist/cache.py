@@ -1,6 +1,7 @@
 """The cache of what runs share (``$SA_DIST_CACHE``): baselines theta* (and models retrained without classes) and
 their diagonal Fisher, each keyed by everything that shapes it, so a changed config never reuses a stale entry.
-A missing entry is computed by all processes and written by the main one."""
+Whether an entry is there is decided by the main process for all (``cached_everywhere``); a missing entry is computed
+by all processes and written by the main one."""
 from __future__ import annotations
 
 import hashlib
@@ -12,8 +13,15 @@ from pathlib import Path
 from .checkpoint import FORMAT_VERSION, load_checkpoint, load_fisher, read_metadata, save_checkpoint, save_fisher
 from .data import data_checksum
 from .fisher import diag_fisher
+from .runtime import main_decides, memory_guard
 from .train import train_baseline
 from .utils import cache_root, stable_hash
+
+
+def cached_everywhere(accelerator, path: Path) -> bool:
+    """Whether the cache entry ``path`` is there, as the main process sees it, on every process: all ranks then load
+    it, or all compute it together (a rank that saw otherwise would leave the others waiting in a collective)."""
+    return bool(main_decides(accelerator, path.is_file() if accelerator.is_main_process else None))
 
 
 def baseline_key(cfg, exclude: tuple[int, ...] = ()) -> str:
@@ -45,7 +53,7 @@ def get_baseline(cfg, accelerator, checkpoint: str | None = None, exclude: tuple
         return model, {"key": key, "seconds": None, "cached": True, "history": None}
     key = baseline_key(cfg, exclude)
     path = baseline_path(key)
-    if path.is_file():
+    if cached_everywhere(accelerator, path):
         model, meta = load_checkpoint(path, expect=cfg.model)
         return model, {"key": key, "seconds": float(meta["seconds"]), "cached": True,
                        "history": json.loads(meta["history"])}
@@ -70,11 +78,13 @@ def get_fisher(cfg, model, base_key: str, accelerator):
     """(fisher, seconds, cached): the diagonal Fisher of the baseline, cached by baseline, samples and seed.
     ``seconds`` is what computing it took, also when it comes from the cache."""
     path = fisher_path(fisher_key(cfg, base_key))
-    if path.is_file():
+    if cached_everywhere(accelerator, path):
         return load_fisher(path, model), float(read_metadata(path).get("seconds", "nan")), True
     t0 = time.perf_counter()
-    fisher = diag_fisher(model.to(accelerator.device), cfg.sa.n_fisher, seed=cfg.train.seed,
-                         batch=cfg.sa.fisher_batch, accelerator=accelerator)
+    with memory_guard("computing the Fisher", f"lower sa.fisher_batch ({cfg.sa.fisher_batch} samples per backward, "
+                      "in a --config file), --z-dim or --width"):
+        fisher = diag_fisher(model.to(accelerator.device), cfg.sa.n_fisher, seed=cfg.train.seed,
+                             batch=cfg.sa.fisher_batch, accelerator=accelerator)
     seconds = time.perf_counter() - t0
     if accelerator.is_main_process:
         save_fisher(path, fisher, {"n_samples": cfg.sa.n_fisher, "seed": cfg.train.seed, "baseline": base_key,

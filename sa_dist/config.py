@@ -32,7 +32,8 @@ class TrainConfig:
 @dataclass
 class SAConfig:
     forget: list = arg(help="classes c_f to forget, e.g. --forget 2 7", factory=lambda: [2], nargs="+", type=int)
-    lam: float = arg(1.0, "lambda: weight of the EWC term")  # measured; the paper's 100 keeps P(y=c_f) high here
+    lam: float = arg(1.0, "lambda: weight of the EWC term beside batch-mean losses (= λ_paper / 256: the paper's "
+                          "100 is 0.39 here)")  # measured (docs/method.md); the reference sums over 256 samples
     gamma: float = arg(1.0, "gamma: weight of the generative-replay term")
     sa_epochs: int = arg(10, "SA epochs; one is a pass over the replay set", flag=("--sa-epochs", "--sa_epochs"))
     lr: Optional[float] = arg(None, "SA Adam learning rate", flag="--sa-lr",

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .models import negative_elbo
+from .runtime import check_device, exact_float32
 
 BLOCK = 100  # samples are drawn in fixed blocks of this many, each from its own generator
 _CHUNK_ELEMS = 1 << 20  # cap on the unfolded windows and per-sample gradients held at once
@@ -227,7 +228,9 @@ def _float32_copy(model: nn.Module, accelerator=None) -> nn.Module:
 
 def _all_reduce_sum(sums: dict[str, torch.Tensor], accelerator) -> dict[str, torch.Tensor]:
     """Sum each tensor over processes, in one flat all-reduce."""
-    flat = accelerator.reduce(torch.cat([s.flatten() for s in sums.values()]), reduction="sum")  # (n_params,)
+    flat = torch.cat([s.flatten() for s in sums.values()])  # (n_params,)
+    check_device(accelerator, flat, what="the Fisher's sums")
+    flat = accelerator.reduce(flat, reduction="sum")
     parts = flat.split([s.numel() for s in sums.values()])
     return {name: part.view_as(s) for (name, s), part in zip(sums.items(), parts)}
 
@@ -236,16 +239,18 @@ def diag_fisher(model: nn.Module, n_samples: int, seed: int, batch: int, acceler
                 progress: bool = True, classes=None) -> dict[str, torch.Tensor]:
     """F_i = (1/N) sum_n (d nelbo_n / d theta_i)^2 over N = ``n_samples`` samples the model draws itself.
 
-    Computed in float32 on a deep copy of the (unwrapped) model, in eval mode, with autocast off, so mixed
-    precision does not touch it. With an ``accelerator``, process r of P takes blocks r, r+P, r+2P, ... of
-    ``BLOCK`` samples, in backward batches of ``batch`` samples (rounded to whole blocks); the squared-gradient
-    sums are all-reduced and divided by N on every process. The result is the same for any P and batch up to
+    Computed in float32 on a deep copy of the (unwrapped) model, in eval mode, with autocast and TF32 off
+    (``runtime.exact_float32``), so neither mixed precision nor a GPU's TF32 touches it. With an ``accelerator``,
+    process r of P takes blocks r, r+P, r+2P, ... of ``BLOCK`` samples, in backward batches of ``batch`` samples
+    (rounded to whole blocks); the squared-gradient sums are all-reduced and divided by N on every process. The result is the same for any P and batch up to
     float32 summation order. ``classes``: the samples' labels only from these (``class_fisher``).
     Returns {parameter name: float32 tensor} on the model's device.
     """
     if n_samples < 1 or batch < 1:
         raise ValueError(f"diag_fisher needs n_samples >= 1 and batch >= 1, got {n_samples} and {batch}")
     net = _float32_copy(model, accelerator)
+    if accelerator is not None:  # its sums meet in an all-reduce on accelerator.device
+        check_device(accelerator, net, what="the Fisher's model")
     rank, world = (accelerator.process_index, accelerator.num_processes) if accelerator is not None else (0, 1)
     blocks = list(range(rank, math.ceil(n_samples / BLOCK), world))
     per_step = max(1, round(batch / BLOCK))
@@ -254,7 +259,7 @@ def diag_fisher(model: nn.Module, n_samples: int, seed: int, batch: int, acceler
     is_main = accelerator is None or accelerator.is_main_process
     device_type = next(net.parameters()).device.type
     with tqdm(total=n_mine, unit="sample", desc="fisher", disable=not (progress and is_main)) as bar, \
-            torch.autocast(device_type=device_type, enabled=False):
+            torch.autocast(device_type=device_type, enabled=False), exact_float32():
         for i in range(0, len(blocks), per_step):
             parts = [fisher_batch(net, seed, k * BLOCK, min(BLOCK, n_samples - k * BLOCK), classes)
                      for k in blocks[i:i + per_step]]

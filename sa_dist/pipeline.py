@@ -19,8 +19,9 @@ from .evaluation.metrics import class_metrics, compare
 from .evaluation.paper import get_paper_classifier, paper_protocol
 from .methods import Context, get_method
 from .resume import checkpointer, drop_state
-from .runs import load_results, new_run_dir, resumed_checkpoint
-from .runtime import make_accelerator
+from .surrogate import z_blind_nelbo
+from .runs import discard_on_failure, has_content, load_results, new_run_dir, resumed_checkpoint
+from .runtime import make_accelerator, memory_guard
 from .train import train_baseline
 from .utils import UsageError, UserError, atomic_write_text, write_json
 
@@ -30,11 +31,13 @@ def evaluate_run(cfg: RunConfig, before, after, device) -> tuple[dict, float]:
     t0 = time.perf_counter()
     evaluator, ev_info = get_evaluator(None, cfg.data_dir, limit=cfg.train.limit, device=device)
     x_test, y_test = load_mnist(False, cfg.data_dir, cfg.train.limit)
-    out = {"evaluator": ev_info, **compare(before.to(device), after.to(device), evaluator, x_test, y_test,
-                                           cfg.sa.forget, cfg.sa.surrogate, cfg.eval_samples, cfg.train.seed)}
-    if cfg.protocol == "paper":
-        classifier, info = get_paper_classifier(None, cfg.data_dir, limit=cfg.train.limit, device=device)
-        out["paper_protocol"] = paper_protocol(before, after, classifier, info, cfg.sa.forget, seed=cfg.train.seed)
+    with memory_guard("evaluating", "lower --eval-samples"):
+        out = {"evaluator": ev_info, **compare(before.to(device), after.to(device), evaluator, x_test, y_test,
+                                               cfg.sa.forget, cfg.sa.surrogate, cfg.eval_samples, cfg.train.seed)}
+        if cfg.protocol == "paper":
+            classifier, info = get_paper_classifier(None, cfg.data_dir, limit=cfg.train.limit, device=device)
+            out["paper_protocol"] = paper_protocol(before, after, classifier, info, cfg.sa.forget,
+                                                   seed=cfg.train.seed)
     return out, time.perf_counter() - t0
 
 
@@ -49,7 +52,7 @@ def write_outputs(run_dir: Path, results: dict, before, after, forget):
 
 def _start(cfg: RunConfig, run_dir, checkpoint, accelerator, resume: bool):
     """Check the inputs (one line each, nothing written on a bad one), then make the run directory with its
-    config.yaml (and checkpoint.txt) and make sure the evaluator is cached before anything is timed."""
+    config.yaml (and checkpoint.txt)."""
     checkpoint = resumed_checkpoint(run_dir, checkpoint) if resume else checkpoint
     prepare_mnist(cfg.data_dir)
     if checkpoint:
@@ -60,9 +63,6 @@ def _start(cfg: RunConfig, run_dir, checkpoint, accelerator, resume: bool):
         save_config(cfg, out_dir / "config.yaml")
         if checkpoint:  # --resume finds it here
             atomic_write_text(out_dir / "checkpoint.txt", str(Path(checkpoint).resolve()) + "\n")
-    get_evaluator(accelerator, cfg.data_dir, limit=cfg.train.limit)
-    if cfg.protocol == "paper":
-        get_paper_classifier(accelerator, cfg.data_dir, limit=cfg.train.limit)
     return checkpoint, accelerator, out_dir
 
 
@@ -89,32 +89,45 @@ def run_unlearn(cfg: RunConfig, run_dir: str | None = None, checkpoint: str | No
     cfg = validate(apply_quick(cfg))
     method = get_method(cfg.sa.method)
     cfg = method.configure(cfg)  # e.g. no_ewc: lam 0, so config.yaml and results.json say what ran
+    keep = resume or has_content(run_dir)
     checkpoint, accelerator, out_dir = _start(cfg, run_dir, checkpoint, accelerator, resume)
+    with discard_on_failure(out_dir, accelerator, keep):  # a run that fails before its first result leaves no folder
+        get_evaluator(accelerator, cfg.data_dir, limit=cfg.train.limit)  # cached before anything is timed
+        if cfg.protocol == "paper":
+            get_paper_classifier(accelerator, cfg.data_dir, limit=cfg.train.limit)
+        results = _unlearn(cfg, method, checkpoint, accelerator, out_dir)
+    accelerator.wait_for_everyone()
+    return results, out_dir
+
+
+def _unlearn(cfg: RunConfig, method, checkpoint: str | None, accelerator, out_dir: Path) -> dict | None:
+    """Baseline, Fisher, the method, and on the main process its evaluation and outputs: results.json's dict."""
     earlier = forgotten_classes(checkpoint) if checkpoint else []
     original, base = get_baseline(cfg, accelerator, checkpoint, ckpt=checkpointer(accelerator, out_dir, "baseline"))
     fisher, fisher_s, fisher_cached = (get_fisher(cfg, original, base["key"], accelerator) if method.needs_fisher
                                        else (None, 0.0, None))
     t0 = time.perf_counter()
-    out = method.unlearn(Context(cfg, original, fisher, accelerator, out_dir / "tensorboard",
-                                 checkpointer(accelerator, out_dir, "sa")))
+    with memory_guard("unlearning", "lower --surrogate-batch or sa.batch (replay samples per step, in a --config "
+                      "file), --z-dim or --width"):
+        out = method.unlearn(Context(cfg, original, fisher, accelerator, out_dir / "tensorboard",
+                                     checkpointer(accelerator, out_dir, "sa")))
     unlearn_s = time.perf_counter() - t0 if out.seconds is None else out.seconds
-    results = None
-    if accelerator.is_main_process:
-        metrics, eval_s = evaluate_run(cfg, original, out.model, accelerator.device)
-        h = out.history
-        rows = h[::10] + (h[-1:] if (len(h) - 1) % 10 else [])  # every 10th step and the last
-        results = {"config": asdict(cfg), "method": method.name, "processes": accelerator.num_processes,
-                   "forget_request": [c for c in cfg.sa.forget if c not in earlier], "forgotten_before": earlier,
-                   **metrics,
-                   "baseline": {k: base[k] for k in ("key", "cached", "history")},
-                   ("sa_history" if out.sa_terms else "method_history"): {"every": 10, "rows": rows},
-                   "method_info": out.info,
-                   "timing_s": {"baseline": base["seconds"], "fisher": fisher_s, "fisher_cached": fisher_cached,
-                                "unlearn": unlearn_s, "unlearn_cached": out.cached, "evaluate": eval_s}}
-        write_outputs(out_dir, results, original.cpu(), out.model.cpu(), cfg.sa.forget)
-        drop_state(out_dir)
-    accelerator.wait_for_everyone()
-    return results, out_dir
+    if not accelerator.is_main_process:
+        return None
+    metrics, eval_s = evaluate_run(cfg, original, out.model, accelerator.device)
+    h = out.history
+    rows = h[::10] + (h[-1:] if (len(h) - 1) % 10 else [])  # every 10th step and the last
+    results = {"config": asdict(cfg), "method": method.name, "processes": accelerator.num_processes,
+               "forget_request": [c for c in cfg.sa.forget if c not in earlier], "forgotten_before": earlier,
+               **metrics,
+               "baseline": {k: base[k] for k in ("key", "cached", "history")},
+               ("sa_history" if out.sa_terms else "method_history"): {"every": 10, "rows": rows},
+               "method_info": out.info,
+               "timing_s": {"baseline": base["seconds"], "fisher": fisher_s, "fisher_cached": fisher_cached,
+                            "unlearn": unlearn_s, "unlearn_cached": out.cached, "evaluate": eval_s}}
+    write_outputs(out_dir, results, original.cpu(), out.model.cpu(), cfg.sa.forget)
+    drop_state(out_dir)
+    return results
 
 
 def run_baseline(cfg: RunConfig, run_dir: str | None = None, accelerator=None,
@@ -123,11 +136,13 @@ def run_baseline(cfg: RunConfig, run_dir: str | None = None, accelerator=None,
     ``resume``: continue the interrupted run in ``run_dir`` from its saved state."""
     prepare_mnist(cfg.data_dir)  # a bad data file costs one line before anything is written
     accelerator = accelerator or make_accelerator(mixed_precision=cfg.mixed_precision, threads=cfg.threads)
+    keep = resume or has_content(run_dir)
     out = new_run_dir(cfg, run_dir, accelerator, resume, finished="baseline.safetensors")
     if accelerator.is_main_process:
         save_config(cfg, out / "config.yaml")
-    model, history, seconds = train_baseline(cfg, accelerator, out / "tensorboard",
-                                             checkpointer=checkpointer(accelerator, out, "baseline"))
+    with discard_on_failure(out, accelerator, keep, finished="baseline.safetensors"):
+        model, history, seconds = train_baseline(cfg, accelerator, out / "tensorboard",
+                                                 checkpointer=checkpointer(accelerator, out, "baseline"))
     metrics = None
     if accelerator.is_main_process:
         save_baseline(out / "baseline.safetensors", model, history, seconds, cfg)
@@ -213,7 +228,9 @@ def report_line(results: dict, run_dir) -> str:
                   + (f", P(reject) {rej[k]:.3f}" if rej.get(k) is not None else "") + ")"
                   for k, v in s["after"]["forgotten_p_class"].items())
     sur = results["surrogate"]["nelbo"]
-    return (f"forgotten {f}; surrogate nELBO {sur['before']:.1f} -> {sur['after']:.1f} (floor {sur['floor']})\n"
+    z_blind = z_blind_nelbo(sur)
+    ref = "" if z_blind is None else f" (a decoder blind to z: {z_blind:.1f})"
+    return (f"forgotten {f}; surrogate nELBO {sur['before']:.1f} -> {sur['after']:.1f}{ref}\n"
             f"retained sample_acc {s['before']['retained_sample_acc']:.4f} -> {s['after']['retained_sample_acc']:.4f}, "
             f"test nELBO {s['before']['retained_test_nelbo']:.2f} -> {s['after']['retained_test_nelbo']:.2f}\n"
             f"{paper}seconds: baseline {t['baseline']}, fisher {t['fisher']:.1f}, SA {t['unlearn']:.1f}, "

@@ -3,6 +3,8 @@ reading a finished run's results.json."""
 from __future__ import annotations
 
 import json
+import shutil
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
@@ -26,6 +28,24 @@ def new_run_dir(cfg, run_dir: str | None, accelerator, resume: bool = False, fin
     if isinstance(chosen[0], UserError):
         raise chosen[0]
     return Path(chosen[0])
+
+
+def has_content(run_dir: str | Path | None) -> bool:
+    """``run_dir`` exists and holds something (a folder the user had: never removed by ``discard_on_failure``)."""
+    return run_dir is not None and Path(run_dir).is_dir() and any(Path(run_dir).iterdir())
+
+
+@contextmanager
+def discard_on_failure(run_dir: Path, accelerator, keep: bool, finished: str = RESULTS):
+    """A run that fails before its first result (a resumable state or ``finished``) leaves no run directory: the
+    main process removes the half-made one, unless ``keep`` (it held something before the run)."""
+    try:
+        yield
+    except BaseException:
+        if (accelerator.is_main_process and not keep and not (run_dir / "state").exists()
+                and not (run_dir / finished).exists()):
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
 
 
 def default_name(cfg) -> str:

@@ -6,13 +6,15 @@ from __future__ import annotations
 import math
 import os
 import re
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration
+from accelerate.utils import (DataLoaderConfiguration, InitProcessGroupKwargs, ProjectConfiguration,
+                               broadcast_object_list)
 
 from .utils import UsageError, UserError
 
@@ -73,6 +75,43 @@ def configure_threads(requested: int | None = None, env=os.environ) -> tuple[int
     if torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n, why
+
+
+class OutOfMemory(UserError):
+    """An allocation the machine (CPU or GPU) cannot hold: one line naming the stage and the setting to lower."""
+
+
+_OOM_TEXT = ("out of memory", "can't allocate memory", "not enough memory", "cannot allocate memory")
+_UNITS = {"B": 1, "KiB": 2 ** 10, "MiB": 2 ** 20, "GiB": 2 ** 30, "TiB": 2 ** 40}
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """torch.OutOfMemoryError (CUDA) or a RuntimeError of an allocator that ran out (CPU: DefaultCPUAllocator)."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and any(t in str(error).lower() for t in _OOM_TEXT))
+
+
+def _allocation_gib(message: str) -> float | None:
+    """The failed allocation's size in GiB, from the CPU ("allocate N bytes") or CUDA ("allocate 2.50 GiB") text."""
+    m = re.search(r"allocate (\d+(?:\.\d+)?) ?(bytes|B|KiB|MiB|GiB|TiB)", message, re.IGNORECASE)
+    if m is None:
+        return None
+    unit = "B" if m.group(2).lower() in ("bytes", "b") else m.group(2)
+    return float(m.group(1)) * _UNITS.get(unit, 1) / 2 ** 30
+
+
+@contextmanager
+def memory_guard(stage: str, advice: str):
+    """Out of memory inside becomes ``OutOfMemory``: "out of memory while STAGE (an allocation of N GiB failed);
+    ADVICE", without the allocator's traceback. Any other error passes through."""
+    try:
+        yield
+    except (torch.OutOfMemoryError, RuntimeError) as e:
+        if not is_out_of_memory(e):
+            raise
+        gib = _allocation_gib(str(e))
+        size = f" (an allocation of {gib:.1f} GiB failed)" if gib is not None else ""
+        raise OutOfMemory(f"out of memory while {stage}{size}; {advice}") from None
 
 
 def make_accelerator(cpu: bool | None = None, mixed_precision: str = "no", project_dir: str | None = None,
@@ -156,3 +195,61 @@ def average_buffers(accelerator: Accelerator, model: nn.Module) -> None:
     for buf in accelerator.unwrap_model(model).buffers():
         if buf.is_floating_point():
             buf.copy_(accelerator.reduce(buf.clone(), reduction="mean"))
+
+
+@contextmanager
+def exact_float32():
+    """TF32 off inside (CUDA matmuls and cuDNN convolutions), the previous settings back after. On Ampere and newer
+    GPUs TF32 rounds float32 products to a 10-bit mantissa; PyTorch leaves it off for matmuls but on for cuDNN
+    convolutions by default, so the conv cVAE's Fisher would not be exact to 1e-6 without this. No effect on CPU."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+class DeviceMismatch(RuntimeError):
+    """A tensor or module that reaches a collective or the loss is not on ``accelerator.device``."""
+
+
+def _same_device(d: torch.device, want: torch.device) -> bool:
+    return d.type == want.type and (d.index is None or want.index is None or d.index == want.index)
+
+
+def check_device(accelerator, *items, what: str = "a tensor") -> None:
+    """Every tensor (anything with ``.device``) and every module's parameters and buffers in ``items`` is on
+    ``accelerator.device``; else ``DeviceMismatch`` naming both devices. Under NCCL a CPU tensor in an all-reduce
+    fails deep inside the collective, and on one GPU a CPU model silently computes on the CPU: this says it first."""
+    want = torch.device(accelerator.device)
+    for item in items:
+        tensors = list(item.parameters()) + list(item.buffers()) if isinstance(item, nn.Module) else [item]
+        for t in tensors:
+            if not _same_device(t.device, want):
+                raise DeviceMismatch(f"{what} is on {t.device}, the accelerator on {want}: move it with "
+                                     ".to(accelerator.device) first")
+
+
+def main_decides(accelerator, value):
+    """``value`` as the main process computed it, on every process (one broadcast; none with one process). For
+    decisions that choose between collective code paths (cached or computed by all ranks): ranks that decided
+    apart would wait for each other until the collective timeout."""
+    if accelerator.num_processes == 1:
+        return value
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def rank_noise(accelerator, seed: int | None = None) -> None:
+    """Give each process its own stream of reparameterisation noise (torch's global generators, CPU and CUDA).
+    Call after ``prepare``, which reads the shared seed for the loaders' shuffles. Rank 0 keeps its stream, so one
+    process computes what it always did; rank r >= 1 is reseeded from (``seed``, r), ``seed`` defaulting to the
+    one every rank set (``torch.initial_seed()``). Without it every rank draws the same noise for its shard of the
+    batch: unbiased, but the shards' noise is correlated and the averaged gradient is noisier than it should be."""
+    rank = accelerator.process_index
+    if rank == 0:
+        return
+    base = torch.initial_seed() if seed is None else seed
+    torch.manual_seed((base * 1_000_003 + 7919 * rank) % (1 << 63))

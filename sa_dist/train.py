@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 from .data import loaders
 from .models import build_model, negative_elbo, plain_copy
 from .resume import Checkpointer, inject
-from .runtime import average_buffers, check_finite, start_tracking, stop_tracking, tb_writer, wrap_model
+from .runtime import (average_buffers, check_finite, memory_guard, rank_noise, start_tracking, stop_tracking,
+                      tb_writer, wrap_model)
 from .utils import UsageError
 
 
@@ -64,6 +65,7 @@ def train_vae(model: nn.Module, train_loader, test_loader, accelerator: Accelera
     model = wrap_model(accelerator, model, sync_bn)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     model, opt, train_loader, test_loader = accelerator.prepare(model, opt, train_loader, test_loader)
+    rank_noise(accelerator)  # after prepare: the loaders' shuffles keep the shared seed
     if log_dir is not None:
         start_tracking(accelerator, log_dir, "baseline", config)
     per_epoch = len(train_loader)
@@ -142,6 +144,9 @@ def train_baseline(cfg, accelerator: Accelerator, log_dir: Path | None, exclude:
     keep = [c for c in range(cfg.model.n_classes) if c not in exclude] if exclude else None
     tr, te = loaders(cfg.train.batch, cfg.train.seed, cfg.data_dir, cfg.train.limit, classes=keep)
     t0 = time.perf_counter()
-    model, history = train_vae(build_model(cfg.model), tr, te, accelerator, cfg.train.epochs, cfg.train.lr,
-                               log_dir=log_dir, config=asdict(cfg), checkpointer=checkpointer, sync_bn=cfg.sync_bn)
+    with memory_guard("building the model", "lower --z-dim or --width"):
+        model = build_model(cfg.model).to(accelerator.device)
+    with memory_guard("training the baseline", "lower --batch, --z-dim or --width"):
+        model, history = train_vae(model, tr, te, accelerator, cfg.train.epochs, cfg.train.lr, log_dir=log_dir,
+                                   config=asdict(cfg), checkpointer=checkpointer, sync_bn=cfg.sync_bn)
     return model, history, time.perf_counter() - t0

@@ -12,6 +12,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from ..data import load_mnist
+from ..surrogate import z_blind_nelbo
 from .latent import latent_block, plot_latent_manifold, plot_latent_space
 from .plots import before_after_grid, plot_baseline_curves, plot_confusion, plot_sa_curves
 
@@ -31,7 +32,7 @@ FIGURES = {
 
 
 def make_figures(out_dir: str | Path, before, after, forget: list[int], data: tuple[torch.Tensor, torch.Tensor],
-                 baseline_history: list | None = None, sa_rows: list | None = None, floor: float | None = None,
+                 baseline_history: list | None = None, sa_rows: list | None = None, z_blind: float | None = None,
                  seed: int = 0, latent_method: str = "pca", n_silhouette: int = 5000,
                  confusion: tuple[dict, dict] | None = None) -> tuple[list[Path], dict]:
     """Write the figures of ``FIGURES`` that the inputs allow into ``out_dir``; return (paths, results.json's
@@ -48,7 +49,7 @@ def make_figures(out_dir: str | Path, before, after, forget: list[int], data: tu
     if baseline_history:
         plot_baseline_curves(baseline_history, out / "curves_baseline.png")
     if sa_rows:
-        plot_sa_curves(sa_rows, out / "curves_sa.png", floor)
+        plot_sa_curves(sa_rows, out / "curves_sa.png", z_blind)
     if confusion and all(confusion):
         plot_confusion(*confusion, forget, out / "collateral.png")
     return [out / name for name in FIGURES if (out / name).is_file()], latent
@@ -68,15 +69,15 @@ def log_to_tensorboard(log_dir: str | Path, paths: list[Path], baseline_history:
 
 
 def figures_for_run(run_dir: Path, results: dict, before, after, forget: list[int]) -> list[Path]:
-    """The run's figures and TensorBoard copies from its results (baseline history, SA rows, surrogate floor);
+    """The run's figures and TensorBoard copies from its results (baseline history, SA rows, z-blind nELBO);
     adds ``latent``, ``environment`` and ``timing_s.figures`` to ``results``."""
 
     t0, cfg = time.perf_counter(), results["config"]
     hist, rows = (results.get("baseline") or {}).get("history"), (results.get("sa_history") or {}).get("rows")
-    floor = (results.get("surrogate") or {}).get("nelbo", {}).get("floor")
+    z_blind = z_blind_nelbo((results.get("surrogate") or {}).get("nelbo", {}))
     data = load_mnist(False, cfg.get("data_dir"), cfg["train"]["limit"])
     confusion = tuple(results[w].get("confusion") for w in ("before", "after")) if "after" in results else None
-    paths, results["latent"] = make_figures(run_dir, before, after, forget, data, hist, rows, floor,
+    paths, results["latent"] = make_figures(run_dir, before, after, forget, data, hist, rows, z_blind,
                                             seed=cfg["train"]["seed"], confusion=confusion)
     log_to_tensorboard(Path(run_dir) / "tensorboard" / "figures", paths, hist)
     results.setdefault("timing_s", {})["figures"] = time.perf_counter() - t0

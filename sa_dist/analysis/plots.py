@@ -92,21 +92,26 @@ SA_TERMS = (("surrogate_nelbo", "surrogate: -ELBO on q(x|c_f)"), ("replay_nelbo"
             ("ewc", "EWC: Σ F_i (θ_i - θ*_i)²"))
 
 
-def plot_sa_curves(rows: list[dict], path: str | Path | None = None, floor: float | None = None):
-    """The three SA terms per step, one panel each (their scales differ by orders of magnitude); ``floor``: the
-    surrogate's best possible negative ELBO (uniform noise: 784 ln 2): the surrogate panel then shows the gap to it."""
+def plot_sa_curves(rows: list[dict], path: str | Path | None = None, z_blind: float | None = None):
+    """The three SA terms per step, one panel each (their scales differ by orders of magnitude); ``z_blind``: the
+    surrogate's nELBO under the best decoder that ignores z (uniform noise: 784 ln 2). The surrogate panel then
+    shows the difference to it on a symmetric log scale: values below it (possible, it is no lower bound) stay
+    visible as negative values instead of being dropped by a log axis."""
     fig, axes = subplots(1, 3, figsize=(13, 3.8))
     steps = [r["step"] for r in rows]
     for ax, (key, name), color in zip(axes, SA_TERMS, ("tab:red", "tab:blue", "tab:green")):
         vals, ylabel = [r[key] for r in rows], "nats" if key != "ewc" else "penalty (before λ)"
         if key == "surrogate_nelbo":  # starts thousands of nats above where it ends: log scale
-            if floor is not None:
-                vals, ylabel = [v - floor for v in vals], f"nats above the floor {floor:.1f} (log)"
-                name += " minus floor"
+            if z_blind is not None:
+                vals, ylabel = [v - z_blind for v in vals], f"nats above z-blind {z_blind:.1f} (symlog)"
+                name += " minus z-blind"
+                ax.set_yscale("symlog", linthresh=1.0)
             else:
                 ylabel = "nats (log)"
-            ax.set_yscale("log")
+                ax.set_yscale("log")
         ax.plot(steps, vals, color=color, label=name)
+        if key == "surrogate_nelbo" and z_blind is not None:
+            ax.axhline(0.0, color="grey", lw=0.8, ls="--", label="z-blind decoder")
         if key != "surrogate_nelbo":  # plain numbers on the axis: no "1e-5" offset text next to the title
             ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:.6g}"))
         ax.set_xlabel("SA step")

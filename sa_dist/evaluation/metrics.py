@@ -92,7 +92,7 @@ def surrogate_metrics(kind: str, forget: list[int], before: CVAE, after: CVAE, e
             "ideal": _prob_stats(score(evaluator, surrogate.ideal(before, gen)), forget),
             "samples": _prob_stats(score(evaluator, raw), forget),
             "nelbo": {"before": test_nelbo(before, raw, labels, seed).mean().item(),
-                      "after": test_nelbo(after, raw, labels, seed).mean().item(), "floor": surrogate.floor}}
+                      "after": test_nelbo(after, raw, labels, seed).mean().item(), "z_blind": surrogate.z_blind}}
 
 
 def summarize(results: dict) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..analysis.plots import save_png, subplots
 from ..methods import get_method, method_names
+from ..surrogate import z_blind_nelbo
 from ..utils import UserError, atomic_write_text, write_json
 
 
@@ -71,7 +72,7 @@ def point_row(run_dir: Path) -> dict:
             "forgotten_p_reject": _max_or_none(a, "forgotten_p_reject", fc),
             "forgotten_p_reject_before": _max_or_none(b, "forgotten_p_reject", fc),
             "forgotten_entropy": max(a["forgotten_entropy"][k] for k in fc),
-            "surrogate_gap_pct": 100 * (sur["after"] / sur["floor"] - 1) if sur.get("floor") else None,
+            "surrogate_gap_pct": 100 * (sur["after"] / z_blind_nelbo(sur) - 1) if z_blind_nelbo(sur) else None,
             "retained_sample_acc": a["retained_sample_acc"], "retained_sample_acc_before": b["retained_sample_acc"],
             "retained_test_nelbo": a["retained_test_nelbo"], "retained_test_nelbo_before": b["retained_test_nelbo"],
             "seconds": (t.get("fisher") or 0.0) + t["unlearn"],
