@@ -19,9 +19,9 @@ from .evaluation.metrics import class_metrics, compare
 from .evaluation.paper import get_paper_classifier, paper_protocol
 from .methods import Context, get_method
 from .resume import checkpointer, drop_state
-from .surrogate import z_blind_nelbo
 from .runs import discard_on_failure, has_content, load_results, new_run_dir, resumed_checkpoint
 from .runtime import make_accelerator, memory_guard
+from .surrogate import z_blind_nelbo
 from .train import train_baseline
 from .utils import UsageError, UserError, atomic_write_text, write_json
 

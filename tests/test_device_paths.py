@@ -1,12 +1,20 @@
 """GPU and multi-GPU code paths, checked on the CPU with stand-ins: the fp16 GradScaler's first-step overflow in
 ``naive``, device consistency, per-rank noise, TF32 around the Fisher, cache decisions taken by the main process,
 and out-of-memory handling."""
+import json
+import math
+import runpy
+import types
+from pathlib import Path
+
 import pytest
 import torch
 
-from conftest import LIMIT
+from conftest import LIMIT, ROOT
+from sa_dist import runtime
 from sa_dist.config import RunConfig, SAConfig, TrainConfig
 from sa_dist.methods import Context, naive
+from sa_dist.utils import UserError
 
 
 def _naive_cfg(**sa):
@@ -49,8 +57,6 @@ def test_naive_without_a_scaler_reports_no_skipped_steps_and_is_seeded_by_sa_see
 
 # ---- out of memory ---------------------------------------------------------------------------------------------
 
-from sa_dist import runtime  # noqa: E402
-from sa_dist.utils import UserError  # noqa: E402
 
 CPU_OOM = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: you tried to "
            "allocate 102400000000 bytes. Error code 12 (Cannot allocate memory)")
@@ -129,12 +135,6 @@ def test_a_model_the_machine_cannot_hold_is_one_line_and_no_run_directory(tmp_pa
 
 
 # ---- the uniform surrogate's z-blind nELBO ----------------------------------------------------------------------
-
-import json  # noqa: E402
-import math  # noqa: E402
-import runpy  # noqa: E402
-
-from conftest import ROOT  # noqa: E402
 
 
 def test_the_uniform_surrogates_reference_is_the_z_blind_decoders_nelbo_not_a_floor():
@@ -237,8 +237,6 @@ def test_the_fisher_is_computed_without_tf32(tf32_on, monkeypatch):
 
 # ---- device consistency -----------------------------------------------------------------------------------------
 
-import types  # noqa: E402
-
 
 class OtherDeviceAccelerator:
     """An accelerator whose device is not the CPU (the meta device stands in for cuda:0), with a reduce that refuses
@@ -324,9 +322,6 @@ def test_a_rank_that_misses_the_fisher_file_loads_it_when_the_main_process_has_i
     monkeypatch.setattr(cache, "diag_fisher", lambda *a, **k: pytest.fail("computed alone: the job would hang"))
     fisher, seconds, cached = cache.get_fisher(sa_config(), torch.nn.Linear(1, 1), "key", acc)
     assert cached and seconds == 2.5
-
-
-from pathlib import Path  # noqa: E402
 
 
 # ---- per-rank reparameterisation noise --------------------------------------------------------------------------
