@@ -30,7 +30,7 @@ def test_unlearn_writes_a_complete_run(finished_run):
     assert res["forget_classes"] == [2, 7]
     for when in ("before", "after"):
         assert sorted(res[when]["per_class"], key=int) == [str(c) for c in range(10)]
-        assert set(res[when]["per_class"]["3"]) == {"sample_acc", "p_class", "entropy", "test_nelbo"}
+        assert set(res[when]["per_class"]["3"]) == {"sample_acc", "p_class", "p_reject", "entropy", "test_nelbo"}
     sur = res["surrogate"]
     assert sur["kind"] == "uniform" and set(sur["ideal"]["p_class"]) == {"2", "7"}
     assert sur["nelbo"]["z_blind"] == pytest.approx(784 * np.log(2))
