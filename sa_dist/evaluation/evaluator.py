@@ -138,22 +138,26 @@ def evaluator_path(seed: int = 0, limit: int | None = None):
     return cache_root() / "evaluator" / f"evaluator-{key}.safetensors"
 
 
+def cached_net(path, kind: str, train, make_net, accelerator=None, device="cpu") -> tuple[nn.Module, dict]:
+    """The network cached at ``path`` and its info: ``train()`` -> (net, info) runs on the main process alone the
+    first time, every process then loads the file into ``make_net()``."""
+    if (accelerator is None or accelerator.is_main_process) and not path.is_file():
+        net, info = train()
+        save_tensors(path, net.state_dict(), {"kind": kind, **info})
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+    tensors, meta = load_tensors(path, what=f"{kind.replace('_', ' ')} cache")
+    net = make_net()
+    net.load_state_dict(tensors)
+    return net.to(device).eval(), {k: json.loads(v) for k, v in meta.items() if k not in ("kind", "format_version")}
+
+
 def get_evaluator(accelerator=None, data_dir: str | None = None, seed: int = 0, limit: int | None = None,
                   device="cpu") -> tuple[Classifier, dict]:
     """The cached evaluator and its info (``train_evaluator``), trained (by the main process alone) the first
     time."""
-    path = evaluator_path(seed, limit)
-    is_main = accelerator is None or accelerator.is_main_process
-    if is_main and not path.is_file():
-        net, info = train_evaluator(data_dir, seed, limit=limit)
-        save_tensors(path, net.state_dict(), {"kind": "evaluator", **info})
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-    tensors, meta = load_tensors(path, what="evaluator cache")
-    net = Classifier()
-    net.load_state_dict(tensors)
-    info = {k: json.loads(v) for k, v in meta.items() if k not in ("kind", "format_version")}
-    return net.to(device).eval(), info
+    return cached_net(evaluator_path(seed, limit), "evaluator", lambda: train_evaluator(data_dir, seed, limit=limit),
+                      Classifier, accelerator, device)
 
 
 @torch.no_grad()

@@ -15,16 +15,15 @@ that is the point of the protocol, the comparison with the paper, not a better m
 """
 from __future__ import annotations
 
-import json
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import load_tensors, save_tensors
 from ..data import batch_loader, data_checksum, load_mnist
 from ..utils import cache_root, stable_hash
+from .evaluator import cached_net
 
 PAPER_VERSION = 1
 N_SAMPLES = 1000
@@ -90,16 +89,8 @@ def paper_classifier_path(seed: int = 0, limit: int | None = None, epochs: int =
 def get_paper_classifier(accelerator=None, data_dir: str | None = None, seed: int = 0, limit: int | None = None,
                          device="cpu") -> tuple[PaperClassifier, dict]:
     """The cached paper classifier and its info, trained (by the main process alone) the first time."""
-    path = paper_classifier_path(seed, limit)
-    if (accelerator is None or accelerator.is_main_process) and not path.is_file():
-        net, info = train_paper_classifier(data_dir, seed, limit=limit)
-        save_tensors(path, net.state_dict(), {"kind": "paper_classifier", **info})
-    if accelerator is not None:
-        accelerator.wait_for_everyone()
-    tensors, meta = load_tensors(path, what="paper classifier cache")
-    net = PaperClassifier()
-    net.load_state_dict(tensors)
-    return net.to(device).eval(), {k: json.loads(v) for k, v in meta.items() if k not in ("kind", "format_version")}
+    return cached_net(paper_classifier_path(seed, limit), "paper_classifier",
+                      lambda: train_paper_classifier(data_dir, seed, limit=limit), PaperClassifier, accelerator, device)
 
 
 def uint8_round_trip(images: torch.Tensor) -> torch.Tensor:
