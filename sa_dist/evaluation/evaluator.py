@@ -10,6 +10,7 @@ uses the same network. ``score`` gives calibrated probabilities ``(N, 11)``; col
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 
@@ -150,6 +151,13 @@ def cached_net(path, kind: str, train, make_net, accelerator=None, device="cpu")
     net = make_net()
     net.load_state_dict(tensors)
     return net.to(device).eval(), {k: json.loads(v) for k, v in meta.items() if k not in ("kind", "format_version")}
+
+
+def evaluator_fingerprint(seed: int = 0, limit: int | None = None) -> dict:
+    """``{"version", "sha256"}`` of the evaluator runs score with (its weights file): what a benchmark cell records
+    and keys on, so a changed instrument measures anew. The file must exist (``get_evaluator`` makes it)."""
+    path = evaluator_path(seed, limit)
+    return {"version": EVALUATOR_VERSION, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def get_evaluator(accelerator=None, data_dir: str | None = None, seed: int = 0, limit: int | None = None,

@@ -1,0 +1,207 @@
+"""Benchmark cells: a measurement that survives a session.
+
+A table is a folder ``benchmarks/results/<table>/``; each of its results is a **cell**, one JSON file under
+``cells/`` written the moment it finishes. A cell is keyed by the hash of its full config (every value that shapes
+the result, the evaluator's version and file hash included), so a rerun skips every cell whose hash is on disk and
+measures the rest, and any change of config measures a new cell instead of reusing a stale one. Besides the result a
+cell records the commit, the evaluator, the machine, its wall seconds and the machine's load: the 1-minute load
+average at start and end, and the other processes' load (runnable threads outside this process tree, sampled every
+second while the cell ran). The 1-minute average counts the cell's own threads too (2 on a 2-core machine), so the
+mark uses the other processes': a cell is ``loaded`` when they averaged more than ``LOADED`` cores, or when the
+1-minute average was above ``LOAD_AVERAGE_BAR`` + the cell's own threads at its start; a loaded cell's seconds are
+never quoted. A table's ``.md``, ``.json`` and ``.png`` are rendered from its cells alone (``Table.cells``).
+
+    table = Table("digits")                        # benchmarks/results/digits/
+    cell = table.measure("conv-d2-s0", config, fn)  # fn() -> dict, run only if no cell has this config's hash
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+LOAD_AVERAGE_BAR = 1.5  # the issue's bar on the machine's load average, besides the cell's own threads
+LOADED = 0.5  # cores used by other processes, on average while the cell ran, above which its seconds don't count
+
+
+def config_hash(config: dict) -> str:
+    """16 hex digits of the SHA-256 of the config as sorted JSON."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def git_commit(root: Path = ROOT) -> str | None:
+    """The checkout's HEAD, with ``-dirty`` when tracked files differ from it; None outside git."""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("-dirty" if dirty else "")
+
+
+def machine() -> dict:
+    """The CPU model, the cores this process may use, and the versions that shape numbers."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__,
+            "threads": torch.get_num_threads(), "python": platform.python_version()}
+
+
+def _tree(pid: int) -> set[int]:
+    """``pid`` and every process descended from it, from /proc."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    out, todo = set(), [pid]
+    while todo:
+        p = todo.pop()
+        out.add(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+def runnable_threads(exclude: set[int]) -> int:
+    """Threads in state R (running or runnable) of every process not in ``exclude``."""
+    n = 0
+    for task in Path("/proc").glob("[0-9]*/task/[0-9]*/stat"):
+        if int(task.parent.parent.parent.name) in exclude:
+            continue
+        try:
+            state = task.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        n += state == "R"
+    return n
+
+
+def runnable_elsewhere() -> int:
+    """Threads in state R outside this process and its descendants: the load other jobs put on the machine."""
+    return runnable_threads(_tree(os.getpid()))
+
+
+class LoadSampler:
+    """Samples ``runnable_elsewhere`` every ``every`` seconds in a daemon thread between ``start`` and ``stop``."""
+
+    def __init__(self, every: float = 1.0, probe: Callable[[], float] = runnable_elsewhere):
+        self.every, self.probe, self.samples = every, probe, []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.wait(self.every):
+            self.samples.append(self.probe())
+
+    def __enter__(self):
+        self.samples.append(self.probe())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def mean(self) -> float:
+        return sum(self.samples) / len(self.samples)
+
+
+def load_record(start: float, end: float, other: float, own_threads: int) -> dict:
+    """The cell's load fields and its ``loaded`` mark (see the module docstring)."""
+    return {"load_1min_start": round(start, 2), "load_1min_end": round(end, 2), "other_load": round(other, 2),
+            "loaded": other > LOADED or start > LOAD_AVERAGE_BAR + own_threads}
+
+
+class Table:
+    """The cells of one table: ``benchmarks/results/<name>/cells/<cell>-<hash>.json``."""
+
+    def __init__(self, name: str, results: Path = RESULTS, commit: bool = False):
+        self.name, self.dir = name, Path(results) / name
+        self.cells_dir = self.dir / "cells"
+        self.commit = commit  # git-commit each cell as it is written (a long benchmark keeps what it measured)
+
+    def path(self, cell: str, config: dict) -> Path:
+        return self.cells_dir / f"{cell}-{config_hash(config)}.json"
+
+    def get(self, cell: str, config: dict) -> dict | None:
+        """The finished cell of this config, or None."""
+        path = self.path(cell, config)
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def measure(self, cell: str, config: dict, fn: Callable[[], dict], *, evaluator: dict | None = None,
+                own_threads: int | None = None, log=print) -> dict:
+        """The cell ``cell`` of ``config``: read from disk when measured before, else ``fn()`` measured now and
+        written (atomically) with its record. ``evaluator``: ``{"version", "sha256"}`` of the scoring network,
+        part of the hash. ``own_threads``: the threads the cell itself runs (default torch's)."""
+        config = {**config, **({"evaluator": evaluator} if evaluator else {})}
+        done = self.get(cell, config)
+        if done is not None:
+            log(f"[{self.name}] {cell}: measured before ({self.path(cell, config).name}), skipped")
+            return done
+        info = machine()
+        start = os.getloadavg()[0]
+        log(f"[{self.name}] {cell}: measuring (load average {start:.2f})")
+        t0 = time.perf_counter()
+        with LoadSampler() as sampler:
+            result = fn()
+        wall = time.perf_counter() - t0
+        record = {"table": self.name, "cell": cell, "hash": config_hash(config), "config": config,
+                  "result": result, "wall_s": round(wall, 2), "commit": git_commit(),
+                  "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": info,
+                  **load_record(start, os.getloadavg()[0], sampler.mean, own_threads or info["threads"])}
+        self._write(self.path(cell, config), record)
+        log(f"[{self.name}] {cell}: done in {wall:.0f} s" + (" (loaded: seconds not quoted)" if record["loaded"]
+                                                            else ""))
+        return record
+
+    def _write(self, path: Path, record: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=1, default=str) + "\n")
+        os.replace(tmp, path)
+        if self.commit:
+            root = str(ROOT)
+            subprocess.run(["git", "-C", root, "add", str(path)], check=False, capture_output=True)
+            subprocess.run(["git", "-C", root, "commit", "-q", "-m", f"cell {self.name}/{path.stem}", "--",
+                            str(path)], check=False, capture_output=True)
+
+    def cells(self) -> list[dict]:
+        """Every cell of the table, by file name; a table is rendered from these alone."""
+        return [json.loads(p.read_text()) for p in sorted(self.cells_dir.glob("*.json"))]
+
+    def write(self, stem: str, data: dict, markdown: str) -> None:
+        """The rendered table: ``<stem>.json`` and ``<stem>.md`` beside the cells (atomically)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for suffix, text in ((".json", json.dumps(data, indent=1, default=str) + "\n"), (".md", markdown)):
+            tmp = self.dir / f".{stem}{suffix}.tmp"
+            tmp.write_text(text)
+            os.replace(tmp, self.dir / f"{stem}{suffix}")
+
+
+def seconds(cell: dict, value: float | None) -> str:
+    """``value`` seconds as a table shows them: a loaded cell's seconds are never quoted."""
+    if value is None:
+        return "–"
+    return "(loaded)" if cell.get("loaded") else f"{value:.1f}"

@@ -1,0 +1,73 @@
+"""benchmarks/cells.py: a cell is measured once per config hash, a changed config is a new cell, the load mark,
+and tables rendered from the cells alone."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+
+spec = importlib.util.spec_from_file_location("cells", ROOT / "benchmarks" / "cells.py")
+cells = importlib.util.module_from_spec(spec)
+sys.modules["cells"] = cells
+spec.loader.exec_module(cells)
+
+
+def test_a_cell_is_measured_once_per_config_and_a_changed_config_is_a_new_cell(tmp_path):
+    table, calls = cells.Table("t", results=tmp_path), []
+
+    def fn():
+        calls.append(1)
+        return {"p": len(calls)}
+
+    ev = {"version": 3, "sha256": "ab"}
+    first = table.measure("conv-d2", {"arch": "conv", "forget": [2]}, fn, evaluator=ev, log=lambda *a: None)
+    again = table.measure("conv-d2", {"arch": "conv", "forget": [2]}, fn, evaluator=ev, log=lambda *a: None)
+    assert len(calls) == 1 and again == first and first["result"] == {"p": 1}
+    changed = table.measure("conv-d2", {"arch": "conv", "forget": [2], "lr": 1e-3}, fn, evaluator=ev,
+                            log=lambda *a: None)
+    other_eval = table.measure("conv-d2", {"arch": "conv", "forget": [2]}, fn, evaluator={**ev, "sha256": "cd"},
+                               log=lambda *a: None)
+    assert len(calls) == 3 and changed["result"] == {"p": 2} and other_eval["result"] == {"p": 3}
+    assert len(list((tmp_path / "t" / "cells").glob("*.json"))) == 3
+    rec = json.loads(table.path("conv-d2", {"arch": "conv", "forget": [2], "evaluator": ev}).read_text())
+    for key in ("hash", "commit", "machine", "load_1min_start", "load_1min_end", "other_load", "loaded", "wall_s"):
+        assert key in rec
+    assert rec["config"]["evaluator"] == ev and rec["machine"]["cores"] >= 1
+    assert sorted(c["result"]["p"] for c in table.cells()) == [1, 2, 3]  # a table reads every cell on disk
+
+
+def test_a_cell_that_fails_writes_nothing(tmp_path):
+    table = cells.Table("t", results=tmp_path)
+
+    def boom():
+        raise RuntimeError("x")
+
+    with pytest.raises(RuntimeError):
+        table.measure("c", {"a": 1}, boom, log=lambda *a: None)
+    assert not (tmp_path / "t" / "cells").exists() or not list((tmp_path / "t" / "cells").iterdir())
+
+
+def test_the_load_mark_counts_other_processes_not_the_cells_own_threads():
+    assert cells.load_record(2.1, 2.0, 0.1, own_threads=2)["loaded"] is False  # our own 2 threads
+    assert cells.load_record(0.3, 2.0, 1.2, own_threads=2)["loaded"] is True  # another job beside it
+    assert cells.load_record(4.0, 2.0, 0.0, own_threads=2)["loaded"] is True  # started on a busy machine
+    assert cells.seconds({"loaded": True}, 12.0) == "(loaded)" and cells.seconds({"loaded": False}, 12.04) == "12.0"
+
+
+def test_the_sampler_counts_a_busy_process_and_leaves_out_this_process_tree():
+    busy = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        tree = cells._tree(os.getpid())
+        assert busy.pid in tree and os.getpid() in tree  # a child is the cell's own work
+        assert max(cells.runnable_threads(tree - {busy.pid}) for _ in range(20)) >= 1  # seen when not excluded
+        with cells.LoadSampler(every=0.05, probe=lambda: 1.0) as s:
+            time.sleep(0.3)
+        assert len(s.samples) >= 3 and s.mean == 1.0
+    finally:
+        busy.kill()
