@@ -2,7 +2,10 @@
 
 Two lanes: ``pytest -m "not slow"`` (unit and small integration tests, for everyday work) and ``pytest`` (the full
 suite: adds the tests marked ``slow``, which start processes: the scripts end to end, 2-rank torchrun jobs, SLURM,
-Chromium and the container's command)."""
+Chromium and the container's command). Both run on every core (pytest-xdist, ``-n auto`` in pyproject.toml): each
+worker gets an equal share of the cores as its torch threads, and tests marked with the same ``xdist_group`` (SLURM:
+one test cluster) run on one worker. Scripts started by tests import this checkout's sa_dist (``PYTHONPATH``), not
+whatever copy is installed."""
 import os
 import socket
 import subprocess
@@ -14,8 +17,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 os.environ["SA_DIST_CACHE"] = tempfile.mkdtemp(prefix="sa_dist_test_cache_")
-os.environ.setdefault("OMP_NUM_THREADS", "2")
-os.environ.setdefault("SA_DIST_THREADS", "2")  # every test process, whatever launched it (the rule itself is unit-tested)
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = str(max(1, len(os.sched_getaffinity(0)) // WORKERS))  # the cores shared among the xdist workers
+os.environ.setdefault("OMP_NUM_THREADS", THREADS)
+os.environ.setdefault("SA_DIST_THREADS", THREADS)  # every test process, whatever launched it (the rule is unit-tested)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 LIMIT = 2000  # images per split in tests
 
 

@@ -347,14 +347,38 @@ def test_each_rank_draws_its_own_noise_and_rank_0_keeps_the_seeds_stream():
     assert not torch.equal(r1, _noise_after_rank_noise(1, seed=50))
 
 
-@pytest.mark.parametrize("module,seeded", [("sa_dist.train", "train_vae"), ("sa_dist.amnesia", "selective_amnesia"),
-                                           ("sa_dist.methods.naive", "unlearn")])
-def test_every_training_loop_gives_each_rank_its_own_noise_after_prepare(module, seeded):
-    import importlib
-    import inspect
+def _spy_on_prepare_then_rank_noise(monkeypatch, module, accelerator) -> list:
+    """Record, in order, every ``accelerator.prepare`` and every ``rank_noise`` call that ``module`` makes."""
+    calls, real_prepare, real_noise = [], accelerator.prepare, module.rank_noise
+    monkeypatch.setattr(accelerator, "prepare", lambda *a, **k: calls.append("prepare") or real_prepare(*a, **k))
+    monkeypatch.setattr(module, "rank_noise", lambda *a, **k: calls.append("rank_noise") or real_noise(*a, **k))
+    return calls
 
-    src = inspect.getsource(getattr(importlib.import_module(module), seeded))
-    assert "rank_noise(" in src and src.index("rank_noise(") > src.index(".prepare(")
+
+@pytest.mark.parametrize("loop", ["train_vae", "selective_amnesia", "naive"])
+def test_every_training_loop_gives_each_rank_its_own_noise_after_prepare(loop, tiny_baseline, accelerator,
+                                                                         monkeypatch):
+    """Each loop run for a step or two: rank_noise is called once, after the last prepare (so the loaders'
+    shuffles keep the shared seed and the noise is each rank's own)."""
+    from sa_dist import amnesia, train
+    from sa_dist.data import loaders
+    from sa_dist.fisher import diag_fisher
+    from sa_dist.models import ModelConfig, build_model
+
+    model = tiny_baseline[0]
+    module = {"train_vae": train, "selective_amnesia": amnesia, "naive": naive}[loop]
+    calls = _spy_on_prepare_then_rank_noise(monkeypatch, module, accelerator)
+    if loop == "train_vae":
+        tr, te = loaders(200, seed=0, limit=400)
+        train.train_vae(build_model(ModelConfig(arch="linear", width=16)), tr, te, accelerator, epochs=1, lr=1e-3)
+    elif loop == "selective_amnesia":
+        cfg = RunConfig(train=TrainConfig(limit=LIMIT), sa=SAConfig(forget=[2], sa_epochs=1, n_replay=128, batch=64))
+        cfg.model = model.cfg
+        amnesia.selective_amnesia(model, diag_fisher(model, 50, seed=0, batch=50, accelerator=accelerator),
+                                  accelerator, cfg)
+    else:
+        naive.unlearn(Context(_naive_cfg(), model, None, accelerator))
+    assert calls.count("rank_noise") == 1 and calls[-1] == "rank_noise" and "prepare" in calls, calls
 
 
 @pytest.mark.slow

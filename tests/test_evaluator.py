@@ -11,12 +11,14 @@ from conftest import LIMIT, run_script
 from sa_dist.analysis.report import build_report
 from sa_dist.data import load_mnist
 from sa_dist.evaluation.calibration import expected_calibration_error, fit_temperature
-from sa_dist.evaluation.evaluator import REJECT, get_evaluator, score
+from sa_dist.evaluation import evaluator as ev
+from sa_dist.evaluation.evaluator import EVALUATOR_VERSION, REJECT, get_evaluator, score
 from sa_dist.evaluation.metrics import class_metrics, forgetting_bar
 from sa_dist.evaluation.nondigits import KINDS, make, nondigits
 from sa_dist.evaluation.paper import paper_scores, uint8_round_trip
+from sa_dist.evaluation.photometric import TRANSFORM_BAR, TRANSFORMS, photometric, random_photometric, transformed
 from sa_dist.sweeps.aggregate import aggregate, markdown
-from sa_dist.utils import write_json
+from sa_dist.utils import UserError, write_json
 
 
 def test_nondigit_generators_are_deterministic_shaped_and_in_range():
@@ -64,9 +66,64 @@ def test_the_evaluator_has_a_reject_class_and_its_info():
     probs = score(net, torch.cat([x, torch.full((1, 1, 28, 28), 0.5)]))
     assert probs.shape == (201, 11) and torch.allclose(probs.sum(1), torch.ones(201))
     assert probs[-1].argmax() == REJECT  # flat grey is "not a digit"
-    assert info["version"] == 2 and 0 < info["temperature"] and 0 <= info["ece"] <= 1
+    assert info["version"] == EVALUATOR_VERSION == 3 and 0 < info["temperature"] and 0 <= info["ece"] <= 1
     assert set(info["p_reject"]) >= {"grey", "black", "white", "noise", "nondigits", "digits"}
     assert info["p_reject"]["grey"] > 0.5 and info["p_reject"]["digits"] < 0.1
+
+
+def test_photometric_changes_follow_their_formula_and_stay_in_range():
+    x = torch.tensor([0.0, 0.5, 1.0]).reshape(1, 1, 1, 3)
+    assert torch.allclose(photometric(x, 0.5, 0.5, 0.0), torch.tensor([0.5, 0.75, 1.0]).reshape(1, 1, 1, 3))
+    gen = torch.Generator().manual_seed(0)
+    u = torch.rand(x.shape, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(photometric(x, 0.0, 1.0, 0.4, gen), 0.6 * x + 0.4 * u)  # the 0.6 x + 0.4 noise
+    digits, y = load_mnist(False, limit=64)
+    a, b = transformed(digits, seed=3), transformed(digits, seed=3)
+    assert set(a) == set(TRANSFORMS) and all(torch.equal(a[k], b[k]) for k in a)  # a fixed test set
+    assert not torch.equal(a["noise"], transformed(digits, seed=4)["noise"])
+    out = random_photometric(digits, torch.Generator().manual_seed(1), share=0.5)
+    same = (out == digits).flatten(1).all(1)
+    assert 0 < int(same.sum()) < len(digits) and 0 <= out.min() and out.max() <= 1  # some changed, some kept
+    moved = out[~same]
+    assert (moved.flatten(1).amin(1) <= 0.6 + 1e-6).all()  # the background never above OFFSET_MAX (noise aside)
+
+
+def test_the_packaged_evaluator_sees_digits_over_grey_and_noise_and_rejects_non_digits():
+    net, info = get_evaluator(limit=LIMIT)  # the packaged network whatever the limit
+    assert info["limit"] is None and info["seed"] == 0 and info["version"] == 3
+    assert info["test_acc"] >= 0.99 and info["reject_acc"] >= 0.99 and info["photometric"]["min_p_true"] >= 0.9
+    x, y = load_mnist(False)
+    x, y = x[-500:], y[-500:]
+    for name, xt in transformed(x, seed=5).items():  # fresh noise, another slice than the one in its info
+        assert score(net, xt)[torch.arange(len(y)), y].mean() >= TRANSFORM_BAR, name
+    grey2 = 0.5 + 0.5 * x[y == 2]  # version 2 called these "not a digit" (P(2) 0.000)
+    assert score(net, grey2)[:, 2].mean() > 0.9
+    nd = nondigits(500, 9, digits=x)
+    assert (score(net, nd).argmax(1) == REJECT).float().mean() >= 0.98
+    assert score(net, torch.full((1, 1, 28, 28), 0.5))[0].argmax() == REJECT
+
+
+def test_the_packaged_evaluator_is_checked_against_its_sha256(tmp_path):
+    assert ev.evaluator_fingerprint() == {"version": 3, "sha256": ev.WEIGHTS_SHA256}
+    altered = tmp_path / "ev.safetensors"
+    blob = bytearray(ev.WEIGHTS.read_bytes())
+    blob[-1] ^= 1
+    altered.write_bytes(bytes(blob))
+    with pytest.raises(UserError, match="failed its checksum .*benchmarks/evaluator.py --ship"):
+        ev.shipped_evaluator(path=altered)
+    with pytest.raises(UserError, match="is missing"):
+        ev.shipped_evaluator(path=tmp_path / "none.safetensors")
+
+
+def test_another_seed_trains_its_own_evaluator_once_and_caches_it(monkeypatch):
+    calls = []
+    real = ev.train_evaluator
+    monkeypatch.setattr(ev, "train_evaluator", lambda *a, **k: calls.append(1) or real(*a, epochs=1, **k))
+    net, info = get_evaluator(seed=1, limit=300)
+    again, _ = get_evaluator(seed=1, limit=300)
+    assert len(calls) == 1 and info["seed"] == 1 and info["limit"] == 300 and info["epochs"] == 1
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values()))
+    assert ev.evaluator_fingerprint(1, 300)["sha256"] != ev.WEIGHTS_SHA256
 
 
 def test_class_metrics_and_bar_carry_p_reject(tiny_baseline):
@@ -151,5 +208,5 @@ def test_unlearn_quick_with_the_paper_protocol(tmp_path):
     assert p["n_samples"] == 1000 and p["official_readme_example"]["entropy"] == pytest.approx(2.1946, abs=1e-3)
     after = p["per_class"]["0"]["after"]
     assert 0 <= after["p_forgotten"] <= 1 and 0 <= after["entropy"] <= math.log(10) + 1e-6
-    assert res["evaluator"]["version"] == 2 and 0 <= res["after"]["per_class"]["0"]["p_reject"] <= 1
+    assert res["evaluator"]["version"] == EVALUATOR_VERSION and 0 <= res["after"]["per_class"]["0"]["p_reject"] <= 1
     assert "paper protocol, class 0" in r.stdout and "Paper protocol" in (tmp_path / "run" / "report.md").read_text()

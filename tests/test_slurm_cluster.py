@@ -3,7 +3,7 @@ import subprocess
 
 import pytest
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one test cluster
 
 
 def test_one_node_slurm_runs_an_array_job(slurm_cluster, tmp_path):

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import LIMIT, ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one test cluster
 
 TINY = (f"--arch linear --width 64 --epochs 1 --limit {LIMIT} --n-fisher 500 --sa_epochs 1 --n-replay 1024 "
         "--eval-samples 50")

@@ -20,6 +20,7 @@ def sbatch(env: dict, script: str, log, *args, extra_env=None):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("slurm")  # one test cluster
 def test_train_template_runs_two_cpu_processes_on_slurm(slurm_cluster, tmp_path):
     r, log = sbatch(slurm_cluster, "slurm/train.sh", tmp_path / "job.log", "--arch", "linear", "--width", "64",
                     "--epochs", "1", "--limit", LIMIT, "--run-dir", tmp_path / "run")
@@ -30,6 +31,7 @@ def test_train_template_runs_two_cpu_processes_on_slurm(slurm_cluster, tmp_path)
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("slurm")
 def test_unlearn_template_with_the_accelerate_config_runs_two_cpu_processes_on_slurm(slurm_cluster, tmp_path):
     from test_scripts import TINY
     r, log = sbatch(slurm_cluster, "slurm/unlearn.sh", tmp_path / "job.log", *TINY, "--run-dir", tmp_path / "run",
