@@ -3,6 +3,7 @@
 Two lanes: ``pytest -m "not slow"`` (unit and small integration tests, for everyday work) and ``pytest`` (the full
 suite: adds the tests marked ``slow``, which start processes: the scripts end to end, 2-rank torchrun jobs, SLURM,
 Chromium and the container's command)."""
+import importlib
 import os
 import socket
 import subprocess
@@ -17,6 +18,14 @@ os.environ["SA_DIST_CACHE"] = tempfile.mkdtemp(prefix="sa_dist_test_cache_")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 os.environ.setdefault("SA_DIST_THREADS", "2")  # every test process, whatever launched it (the rule itself is unit-tested)
 LIMIT = 2000  # images per split in tests
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """A module of benchmarks/, imported as its scripts import each other (by name, from that folder)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.append(str(BENCHMARKS))
+    return importlib.import_module(name)
 
 
 def run_script(*args, timeout=300, env=None):
