@@ -68,7 +68,8 @@ def digits_markdown(rows: list[dict], cells: dict, command: str, expected: int) 
     for r in rows:
         first.append(f"| {r['arch']} | {r['digit']} | {len(r['seeds'])} | {st(r, 'p_before', '.3f')} → "
                      f"{st(r, 'p_after')} | {st(r, 'p_reject_after', '.3f')} | {st(r, 'entropy_after', '.2f')} "
-                     f"| {st(r, 'retained_acc_before', '.2f', 100, '%')} → {st(r, 'retained_acc_after', '.2f', 100, '%')} "
+                     f"| {st(r, 'retained_acc_before', '.2f', 100, '%')} → "
+                     f"{st(r, 'retained_acc_after', '.2f', 100, '%')} "
                      f"| {st(r, 'retained_acc_drop_pts', '+.2f')} | {st(r, 'retained_nelbo_before', '.2f')} → "
                      f"{st(r, 'retained_nelbo_after', '.2f')} | {st(r, 'retained_nelbo_rise_pct', '+.2f', suffix='%')} "
                      f"| {bars_text(r)} | {cell_marks(r)} |")
@@ -91,7 +92,8 @@ def paper_markdown(rows: list[dict], command: str, cells: list[dict], expected: 
     out = [f"```bash\n{command}\n```", "", provenance(cells, expected), "",
            "| run | paper protocol: H before → after (nats) | paper protocol: P(y=c_f) before → after "
            "| sa_dist evaluator: P(y=c_f) after | P(reject) after |", "|" + " --- |" * 5,
-           f"| official README example, digit {ex['forget']} (their model, their classifier) | – → {ex['entropy']:.2f} "
+           f"| official README example, digit {ex['forget']} (their model, their classifier) "
+           f"| – → {ex['entropy']:.2f} "
            f"| – → {ex['p_forgotten']:.3f} | – | – |"]
     for r in rows:
         st = lambda k, spec: show(r["stats"].get(k), spec)  # noqa: E731

@@ -170,8 +170,8 @@ def markdown(table: dict, command_text: str, line: str) -> str:
         walls = ", ".join("missing" if w is None else f"{w['wall_s']:.1f}" + (" (loaded)" if w["loaded"] else "")
                           for w in r["walls"])
         ratio, ok = r.get("ratio_to_python"), r.get("within_bar")
-        out.append(f"| {name} | `{r['command'] or '–'}` | {walls} | {r.get('median_s', '–')} "
-                   f"| {'–' if ratio is None else f'{ratio:.2f}'} | {'–' if ok is None else 'yes' if ok else 'no'} |")
+        ratio, ok = "–" if ratio is None else f"{ratio:.2f}", "–" if ok is None else "yes" if ok else "no"
+        out.append(f"| {name} | `{r['command'] or '–'}` | {walls} | {r.get('median_s', '–')} | {ratio} | {ok} |")
     return "\n".join(out) + "\n"
 
 

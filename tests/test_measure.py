@@ -130,7 +130,8 @@ def test_the_report_and_the_terminal_say_what_this_request_forgot_and_what_was_f
     line = report_line(_request_results([2, 4], [7]), tmp_path)
     assert line.startswith("this request forgot 7; forgotten before (by --checkpoint): 2, 4, kept forgotten\n")
     write_json(tmp_path / "results.json", _request_results([], [3]))
-    assert "forgotten before (by the --checkpoint model, kept forgotten): none." in build_report(tmp_path)[1].read_text()
+    text = build_report(tmp_path)[1].read_text()
+    assert "forgotten before (by the --checkpoint model, kept forgotten): none." in text
     assert "this request" not in report_line(_request_results([], [3]), tmp_path)
 
 

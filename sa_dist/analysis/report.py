@@ -18,7 +18,8 @@ from ..utils import atomic_write_text
 from .figures import FIGURES
 from .plots import plot_baseline_curves, plot_sa_curves
 
-KNOWN = {"config", "processes", "forget_classes", "forget_request", "forgotten_before", "before", "after", "surrogate", "summary", "evaluator", "baseline",
+KNOWN = {"config", "processes", "forget_classes", "forget_request", "forgotten_before",
+         "before", "after", "surrogate", "summary", "evaluator", "baseline",
          "sa_history", "timing_s", "latent", "environment", "collateral", "paper_protocol"}
 METRICS = (("p_class", "P(y=c)", ".4f"), ("p_reject", "P(reject)", ".4f"), ("sample_acc", "sample acc", ".4f"),
            ("entropy", "entropy (nats)", ".3f"), ("test_nelbo", "test nELBO", ".2f"))
