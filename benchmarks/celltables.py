@@ -144,13 +144,13 @@ def ensure_run(cfg: RunConfig, path: Path, accelerator, checkpoint: str | None =
 
 
 def dry_run(table: Table, items: list[Item], known: bool = True, log=print) -> list[tuple[str, bool]]:
-    """Log every cell of the plan and whether it is done; ``known`` False: the instruments are not trained yet, so
-    no cell can be done. Returns ``(name, done)`` per cell."""
+    """Log every cell of the plan and whether it is done; ``known`` False: an instrument that scores the cells is
+    not trained yet, so no cell can be done. Returns ``(name, done)`` per cell."""
     status = [(item.name, known and table.get(item.name, item.config) is not None) for item in items]
     for (name, done), item in zip(status, items):
         where = table.path(item.name, item.config).name if done else "to measure"
         log(f"{name}: {'done (' + where + ')' if done else where}")
-    note = "" if known else " (the evaluator is not trained yet: every cell is to measure)"
+    note = "" if known else " (the evaluator or the paper classifier is not trained yet: every cell is to measure)"
     log(f"[{table.name}] {sum(d for _, d in status)} of {len(items)} cells done{note}")
     return status
 

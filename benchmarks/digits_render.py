@@ -10,7 +10,7 @@ from sa_dist.evaluation.paper import OFFICIAL_EXAMPLE
 SECONDS = ("fisher_s", "sa_s", "evaluate_s", "baseline_s")  # never quoted from a loaded cell
 BAR_TEXT = (f"Bars per row, on the mean over the seeds: P(y=c_f) ≤ {BARS['forgotten_p']}, retained sample accuracy "
             f"within {BARS['retained_acc_drop_pts']} point and retained test nELBO within "
-            f"{BARS['retained_nelbo_rise_pct']}% of the baseline's. Each number: mean [min, max] over the seeds.")
+            f"{BARS['retained_nelbo_rise_pct']}% of the baseline's. Each number: mean [min, max] over the seeds (before: the mean; every spread is in the .json).")
 
 
 def cell_name(arch: str, digit: int, seed: int) -> str:
@@ -59,6 +59,7 @@ def cell_marks(r: dict) -> str:
 
 def digits_markdown(rows: list[dict], cells: dict, command: str, expected: int) -> str:
     st = lambda r, k, *a, **kw: show(r["stats"].get(k), *a, **kw)  # noqa: E731
+    mean = lambda r, k, *a, **kw: show(r["stats"].get(k) and {**r["stats"][k], "n": 1}, *a, **kw)  # noqa: E731
     first = ["| arch | digit | seeds | P(y=c_f) before → after | P(reject) after | H after (nats) "
              "| retained acc before → after | acc drop (points) | retained nELBO before → after | nELBO rise "
              "| bars (mean over seeds) | cells missing a bar |", "|" + " --- |" * 12]
@@ -66,17 +67,17 @@ def digits_markdown(rows: list[dict], cells: dict, command: str, expected: int) 
               "| surrogate nELBO gap to z-blind | ideal output P(reject) | Fisher s | SA s | evaluate s |",
               "|" + " --- |" * 9]
     for r in rows:
-        first.append(f"| {r['arch']} | {r['digit']} | {len(r['seeds'])} | {st(r, 'p_before', '.3f')} → "
+        first.append(f"| {r['arch']} | {r['digit']} | {len(r['seeds'])} | {mean(r, 'p_before', '.3f')} → "
                      f"{st(r, 'p_after')} | {st(r, 'p_reject_after', '.3f')} | {st(r, 'entropy_after', '.2f')} "
-                     f"| {st(r, 'retained_acc_before', '.2f', 100, '%')} → "
+                     f"| {mean(r, 'retained_acc_before', '.2f', 100, '%')} → "
                      f"{st(r, 'retained_acc_after', '.2f', 100, '%')} "
-                     f"| {st(r, 'retained_acc_drop_pts', '+.2f')} | {st(r, 'retained_nelbo_before', '.2f')} → "
+                     f"| {st(r, 'retained_acc_drop_pts', '+.2f')} | {mean(r, 'retained_nelbo_before', '.2f')} → "
                      f"{st(r, 'retained_nelbo_after', '.2f')} | {st(r, 'retained_nelbo_rise_pct', '+.2f', suffix='%')} "
                      f"| {bars_text(r)} | {cell_marks(r)} |")
         mine = [c for c in cells[(r["arch"], r["digit"])].values() if c is not None]
         secs = " | ".join(show_seconds(mine, lambda c, k=k: c["result"][k]) for k in ("fisher_s", "sa_s", "evaluate_s"))
-        second.append(f"| {r['arch']} | {r['digit']} | {st(r, 'paper_entropy_before', '.3f')} → "
-                      f"{st(r, 'paper_entropy_after', '.3f')} | {st(r, 'paper_p_before', '.4f')} → "
+        second.append(f"| {r['arch']} | {r['digit']} | {mean(r, 'paper_entropy_before', '.3f')} → "
+                      f"{st(r, 'paper_entropy_after', '.3f')} | {mean(r, 'paper_p_before', '.4f')} → "
                       f"{st(r, 'paper_p_after', '.4f')} | {st(r, 'surrogate_gap_pct', '.2f', suffix='%')} "
                       f"| {st(r, 'surrogate_ideal_p_reject', '.4f')} | {secs} |")
     summary = [f"* {arch}: {sum(r['meets_bars'] is True for r in rows if r['arch'] == arch)} of "

@@ -140,7 +140,7 @@ def test_dry_run_lists_the_cells_and_which_are_done(tmp_path, monkeypatch, capsy
     monkeypatch.setenv("SA_DIST_CACHE", str(tmp_path / "empty-cache"))  # no evaluator trained here
     digits.main(["--dry-run", "--archs", "linear", "--digits", "3", "--seeds", "0", "--out", str(tmp_path / "o")])
     out = capsys.readouterr().out
-    assert "linear-d3-s0: to measure" in out and "evaluator is not trained yet" in out
+    assert "linear-d3-s0: to measure" in out and "paper classifier is not trained yet" in out
     assert not (tmp_path / "o").exists()  # a dry run writes nothing
 
 
