@@ -10,7 +10,8 @@ from sa_dist.evaluation.paper import OFFICIAL_EXAMPLE
 SECONDS = ("fisher_s", "sa_s", "evaluate_s", "baseline_s")  # never quoted from a loaded cell
 BAR_TEXT = (f"Bars per row, on the mean over the seeds: P(y=c_f) ≤ {BARS['forgotten_p']}, retained sample accuracy "
             f"within {BARS['retained_acc_drop_pts']} point and retained test nELBO within "
-            f"{BARS['retained_nelbo_rise_pct']}% of the baseline's. Each number: mean [min, max] over the seeds (before: the mean; every spread is in the .json).")
+            f"{BARS['retained_nelbo_rise_pct']}% of the baseline's. Each number: mean [min, max] over the seeds "
+            "(before: the mean; every spread is in the .json).")
 
 
 def cell_name(arch: str, digit: int, seed: int) -> str:
