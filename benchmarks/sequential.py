@@ -1,43 +1,56 @@
 """Deletion requests that arrive one after another: forget 2, then 7 from the model that forgot 2, and so on.
 
-    python benchmarks/sequential.py --out-dir runs/sequential [--arch conv] [--requests 2 7 4 9 0] [--out PREFIX]
+    python benchmarks/sequential.py [--requests 2 7 4 9 0] [--arch conv] [--seed 49] [--work DIR] [--out DIR]
+                                    [--commit] [--dry-run]
 
 After each request i, three models that should have forgotten the same set {r_1..r_i} are compared, each against the
-original model theta* with the same evaluator: `sequential` (request i applied with `scripts/unlearn.py --checkpoint`
-to the model of request i-1), `at_once` (SA forgetting the whole set from theta* in one run) and `retrain` (trained
-from scratch without the set). Reported per model: P(y=c) of every forgotten class, the retained classes' (never
-forgotten) sample accuracy and test nELBO against theta*'s on the same classes, and the cumulative cost in seconds
-(Fisher + SA of every request so far for `sequential`; one Fisher + SA for `at_once`; the training for `retrain`).
-Prints JSON; with --out, also writes PREFIX.json and PREFIX.md. Finished runs in --out-dir are reused.
+original model θ* with the same evaluator: ``sequential`` (request i applied with ``--checkpoint`` to the model of
+request i-1), ``at_once`` (SA forgetting the whole set from θ* in one run) and ``retrain`` (trained from scratch
+without the set). Each is one cell (and one run directory in ``--work``) keyed by the hash of its whole config: the
+requests so far in their order, the arch, the seed, the method, every other config value and the evaluator, so a
+rerun with other ``--requests``, ``--seed`` or ``--arch`` measures new runs instead of comparing old ones. A first
+cell scores θ* itself. Reported per model: P(y=c) of every forgotten class, the retained (never forgotten) classes'
+sample accuracy and test nELBO against θ*'s, and the cumulative seconds (Fisher + SA of every request so far for
+``sequential``; one Fisher + SA for ``at_once``; the training for ``retrain``). The table (``sequential.md``,
+``.json``, ``.png`` in ``--out``) is rendered from the cells alone.
 """
-import argparse
-import json
-from pathlib import Path
+from __future__ import annotations
 
-from sa_dist.cache import baseline_key, baseline_path, get_baseline
+import sys
+from dataclasses import asdict
+from functools import partial
+
+from celltables import (BARS, Item, add_table_args, dry_run, ensure_run, instruments, once, parse_set, run_config,
+                        run_dir, run_plan, table_for, work_dir)
+from sa_dist.cache import get_baseline
 from sa_dist.checkpoint import load_checkpoint
+from sa_dist.cli.flags import Parser, run_main
 from sa_dist.config import RunConfig, validate, with_values
 from sa_dist.data import load_mnist
 from sa_dist.evaluation.evaluator import get_evaluator
 from sa_dist.evaluation.metrics import class_metrics
-from sa_dist.models import ModelConfig
-from sa_dist.pipeline import run_unlearn
+from sa_dist.models import ARCHS
 from sa_dist.runtime import make_accelerator
-from sa_dist.utils import atomic_write_text, write_json
+from sa_dist.utils import UsageError
+from sequential_render import MODELS, render
 
-BARS = {"forgotten_p": 0.01, "retained_acc_drop_pts": 2.0, "retained_nelbo_rise_pct": 4.0}
-
-
-def run(cfg, run_dir: Path, checkpoint=None, accelerator=None) -> dict:
-    """results.json of ``run_dir``, running ``scripts/unlearn.py``'s job first if it has not finished."""
-    if not (run_dir / "results.json").is_file():
-        run_unlearn(cfg, run_dir=str(run_dir), checkpoint=checkpoint, accelerator=accelerator)
-    return json.loads((run_dir / "results.json").read_text())
+REQUESTS = [2, 7, 4, 9, 0]
 
 
-def against_original(model, forgotten: list[int], original: dict, evaluator, data, cfg) -> dict:
-    """P(y=c) of each forgotten class, and the never-forgotten classes' accuracy and nELBO against theta*'s."""
-    pc = class_metrics(model, evaluator, *data, cfg.eval_samples, cfg.train.seed)["per_class"]
+class Shared:
+    """What every cell of one table reads: the accelerator, the evaluator and the test set, made on first use."""
+
+    def __init__(self, base: RunConfig):
+        self.base = base
+        self.accelerator = once(lambda: make_accelerator(mixed_precision=base.mixed_precision))
+        self.evaluator = once(lambda: get_evaluator(None, base.data_dir, limit=base.train.limit)[0])
+        self.data = once(lambda: load_mnist(False, base.data_dir, base.train.limit))
+
+
+def against_original(model, forgotten: list[int], original: dict, shared: Shared) -> dict:
+    """P(y=c) of each forgotten class, and the never-forgotten classes' accuracy and nELBO against θ*'s."""
+    cfg = shared.base
+    pc = class_metrics(model, shared.evaluator(), *shared.data(), cfg.eval_samples, cfg.train.seed)["per_class"]
     kept = [str(c) for c in range(cfg.model.n_classes) if c not in forgotten]
     mean = lambda per, key: sum(per[c][key] for c in kept) / len(kept)  # noqa: E731
     return {"forgotten_p": {str(c): pc[str(c)]["p_class"] for c in forgotten},
@@ -52,64 +65,87 @@ def meets_bars(row: dict) -> bool:
             and row["retained_nelbo_rise_pct"] <= BARS["retained_nelbo_rise_pct"])
 
 
-def benchmark(base: RunConfig, requests: list[int], out_dir: Path) -> dict:
-    accelerator = make_accelerator(mixed_precision=base.mixed_precision)
-    original, info = get_baseline(base, accelerator)
-    evaluator, _ = get_evaluator(accelerator, base.data_dir, limit=base.train.limit)
-    data = load_mnist(False, base.data_dir, base.train.limit)
-    theta = class_metrics(original, evaluator, *data, base.eval_samples, base.train.seed)["per_class"]
-    checkpoint, seq_cost, steps = str(baseline_path(baseline_key(base))), 0.0, []
+def measure_original(shared: Shared) -> dict:
+    model, info = get_baseline(shared.base, shared.accelerator())
+    pc = class_metrics(model, shared.evaluator(), *shared.data(), shared.base.eval_samples, shared.base.train.seed)
+    return {"per_class": pc["per_class"], "baseline_key": info["key"], "baseline_s": info["seconds"]}
+
+
+def measure_model(kind: str, chain: list, done: list[int], original, shared: Shared) -> dict:
+    """One model after request len(done): its run (``chain``: the runs it needs, in order, each ``(config,
+    run directory)``; a sequential model's earlier requests come first), scored against θ*."""
+    checkpoint, reused = None, False
+    for cfg, path in chain:
+        results, reused = ensure_run(cfg, path, shared.accelerator(), checkpoint)
+        checkpoint = str(path / "unlearned.safetensors") if kind == "sequential" else None
+    model, _ = load_checkpoint(chain[-1][1] / "unlearned.safetensors", expect=shared.base.model)
+    t = results["timing_s"]
+    own = t["unlearn"] + ((t["fisher"] or 0.0) if kind != "retrain" else 0.0)
+    row = against_original(model, done, original()["result"]["per_class"], shared)
+    return {**row, "meets_bars": meets_bars(row), "seconds": own, "run_reused": reused,
+            "cached": bool(t.get("unlearn_cached") or (kind != "retrain" and t.get("fisher_cached"))),
+            "forget_classes": results["forget_classes"], "run": chain[-1][1].name}
+
+
+def cell_config(model: str, done: list[int], base: RunConfig, inst: dict) -> dict:
+    method = {"original": None, "retrain": "retrain"}.get(model, "sa")
+    return {"model": model, "requests": list(done), "arch": base.model.arch, "seed": base.train.seed,
+            "method": method, "base": asdict(base), **inst}
+
+
+def plan(base: RunConfig, requests: list[int], inst: dict, table, work) -> list[Item]:
+    """θ*'s cell, then per request: sequential, at_once, retrain."""
+    shared = Shared(base)
+    original = Item("original", cell_config("original", [], base, inst), partial(measure_original, shared))
+    items, seq_chain = [original], []
+    load_original = partial(table.get, original.name, original.config)
     for i, c in enumerate(requests):
         done = requests[:i + 1]
-        seq_dir = out_dir / f"sequential-{i + 1}-forget{c}"
-        r = run(validate(with_values(base, {"sa.forget": [c]})), seq_dir, checkpoint, accelerator)
-        seq_cost += r["timing_s"]["fisher"] + r["timing_s"]["unlearn"]
-        checkpoint = str(seq_dir / "unlearned.safetensors")
-        once = run(validate(with_values(base, {"sa.forget": done})), out_dir / f"at_once-{i + 1}", None, accelerator)
-        again = run(validate(with_values(base, {"sa.forget": done, "sa.method": "retrain"})),
-                    out_dir / f"retrain-{i + 1}", None, accelerator)
-        models = {"sequential": (seq_dir, seq_cost),
-                  "at_once": (out_dir / f"at_once-{i + 1}", once["timing_s"]["fisher"] + once["timing_s"]["unlearn"]),
-                  "retrain": (out_dir / f"retrain-{i + 1}", again["timing_s"]["unlearn"])}
-        row = {"request": i + 1, "forgotten": done}
-        for name, (run_dir, cost) in models.items():
-            model, _ = load_checkpoint(run_dir / "unlearned.safetensors", expect=base.model)
-            row[name] = {**against_original(model, done, theta, evaluator, data, base), "seconds": cost}
-            row[name]["meets_bars"] = meets_bars(row[name])
-        steps.append(row)
-    return {"requests": requests, "arch": base.model.arch, "seed": base.train.seed, "bars": BARS,
-            "baseline_seconds": info["seconds"], "steps": steps}
+        tag = "_".join(map(str, done))
+        for model in MODELS:
+            name, config = f"{model}-{tag}", cell_config(model, done, base, inst)
+            values = {"sa.forget": [c] if model == "sequential" else done,
+                      **({"sa.method": "retrain"} if model == "retrain" else {})}
+            link = (validate(with_values(base, values)), run_dir(work, name, config))
+            if model == "sequential":
+                seq_chain = seq_chain + [link]  # request i runs on the model of request i-1
+            chain = seq_chain if model == "sequential" else [link]
+            items.append(Item(name, config, partial(measure_model, model, chain, done, load_original, shared)))
+    return items
 
 
-def markdown(result: dict) -> str:
-    out = ["| after request | forgotten | model | max P(y=c_f) over forgotten | retained acc drop (points) "
-           "| retained nELBO rise | cumulative seconds | bars met |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for row in result["steps"]:
-        for name in ("sequential", "at_once", "retrain"):
-            m = row[name]
-            worst = max(m["forgotten_p"], key=m["forgotten_p"].get)
-            out.append(f"| {row['request']} | {','.join(map(str, row['forgotten']))} | {name} "
-                       f"| {m['forgotten_p'][worst]:.4f} (digit {worst}) | {m['retained_acc_drop_pts']:+.2f} "
-                       f"| {m['retained_nelbo_rise_pct']:+.2f}% | {m['seconds']:.1f} | {'yes' if m['meets_bars'] else 'no'} |")
-    return "\n".join(out) + "\n"
+def parse_args(argv: list[str]):
+    p = Parser(description=__doc__.splitlines()[0], allow_abbrev=False)
+    p.add_argument("--requests", type=int, nargs="+", default=REQUESTS,
+                   help=f"classes, in request order (default {' '.join(map(str, REQUESTS))})")
+    p.add_argument("--arch", choices=ARCHS, default=RunConfig().model.arch, help="default conv")
+    p.add_argument("--seed", type=int, default=RunConfig().train.seed,
+                   help=f"the baseline's seed and SA's (default {RunConfig().train.seed})")
+    add_table_args(p, "sequential")
+    args = p.parse_args(argv)
+    n = RunConfig().model.n_classes
+    if len(set(args.requests)) != len(args.requests) or any(not 0 <= c < n for c in args.requests) \
+            or len(args.requests) >= n:
+        raise UsageError(f"--requests takes distinct classes in 0-{n - 1}, fewer than {n}; got {args.requests}")
+    args.values = parse_set(args.set)
+    return args
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--out-dir", type=Path, required=True, help="folder of the runs (reused when finished)")
-    p.add_argument("--arch", default="conv", help="conv | linear (default conv)")
-    p.add_argument("--requests", type=int, nargs="+", default=[2, 7, 4, 9, 0], help="classes, in request order")
-    p.add_argument("--seed", type=int, default=RunConfig().train.seed, help="the baseline's seed")
-    p.add_argument("--out", help="also write PREFIX.json and PREFIX.md")
-    args = p.parse_args()
-    base = validate(RunConfig(model=ModelConfig(arch=args.arch)))
-    base = validate(with_values(base, {"train.seed": args.seed}))
-    result = benchmark(base, args.requests, args.out_dir)
-    print(json.dumps(result, indent=1))
-    if args.out:
-        write_json(f"{args.out}.json", result)
-        atomic_write_text(f"{args.out}.md", markdown(result))
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    table = table_for(args.out, "sequential", args.commit)
+    work = work_dir(args.work, table)
+    base = run_config(args.values, **{"model.arch": args.arch, "train.seed": args.seed})
+    inst = instruments(base, make=not args.dry_run)
+    items = plan(base, args.requests, inst or {}, table, work)
+    if args.dry_run:
+        dry_run(table, items, known=inst is not None)
+        return
+    run_plan(table, items)
+    command = (f"python benchmarks/sequential.py --requests {' '.join(map(str, args.requests))} --arch {args.arch} "
+               f"--seed {args.seed}" + (f" --set {' '.join(args.set)}" if args.set else ""))
+    print(render(table, items, args.requests, base, command), end="")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -38,9 +38,14 @@ def baseline_path(key: str) -> Path:
     return cache_root() / "baselines" / key / "baseline.safetensors"
 
 
-def save_baseline(path: Path, model, history: list, seconds: float, cfg) -> None:
-    """The checkpoint with its training seconds, history and run config in the metadata (main process)."""
-    save_checkpoint(path, model, extra={"seconds": seconds, "history": history, "config": asdict(cfg)})
+def save_baseline(path: Path, model, history: list, seconds: float, cfg, exclude: tuple[int, ...] = ()) -> None:
+    """The checkpoint with its training seconds, history and run config in the metadata (main process). A model
+    trained without classes (``exclude``) records them as ``forget``, the classes it never learned: used as
+    ``--checkpoint``, it keeps them forgotten (``checkpoint.forgotten_classes``)."""
+    extra = {"seconds": seconds, "history": history, "config": asdict(cfg)}
+    if exclude:
+        extra["forget"] = sorted(set(exclude))
+    save_checkpoint(path, model, extra=extra)
 
 
 def get_baseline(cfg, accelerator, checkpoint: str | None = None, exclude: tuple[int, ...] = (), ckpt=None):
@@ -55,11 +60,13 @@ def get_baseline(cfg, accelerator, checkpoint: str | None = None, exclude: tuple
     path = baseline_path(key)
     if cached_everywhere(accelerator, path):
         model, meta = load_checkpoint(path, expect=cfg.model)
-        return model, {"key": key, "seconds": float(meta["seconds"]), "cached": True,
-                       "history": json.loads(meta["history"])}
+        history, seconds = json.loads(meta["history"]), float(meta["seconds"])
+        if exclude and "forget" not in meta and accelerator.is_main_process:  # cached before it recorded them
+            save_baseline(path, model, history, seconds, cfg, exclude)
+        return model, {"key": key, "seconds": seconds, "cached": True, "history": history}
     model, history, seconds = train_baseline(cfg, accelerator, path.parent / "tensorboard", exclude, ckpt)
     if accelerator.is_main_process:
-        save_baseline(path, model, history, seconds, cfg)
+        save_baseline(path, model, history, seconds, cfg, exclude)
     accelerator.wait_for_everyone()
     return model, {"key": key, "seconds": seconds, "cached": False, "history": history}
 

@@ -57,8 +57,9 @@ def save_checkpoint(path: Path | str, model: torch.nn.Module, kind: str = "basel
 
 
 def forgotten_classes(path: Path | str) -> list[int]:
-    """The classes a checkpoint has already forgotten (the ``forget`` of an unlearned checkpoint; [] for a
-    baseline), so a later deletion request keeps them forgotten."""
+    """The classes a checkpoint has already forgotten (the ``forget`` of an unlearned checkpoint, or the classes a
+    cached ``retrain`` model was trained without; [] for a baseline), so a later deletion request keeps them
+    forgotten."""
     _, meta = load_tensors(path)
     try:
         return [int(c) for c in json.loads(meta.get("forget", "[]"))]

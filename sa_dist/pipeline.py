@@ -227,10 +227,13 @@ def report_line(results: dict, run_dir) -> str:
                   f"(H {s['after']['forgotten_entropy'][k]:.2f}"
                   + (f", P(reject) {rej[k]:.3f}" if rej.get(k) is not None else "") + ")"
                   for k, v in s["after"]["forgotten_p_class"].items())
+    before = results.get("forgotten_before")
+    request = (f"this request forgot {', '.join(map(str, results['forget_request']))}; forgotten before (by "
+               f"--checkpoint): {', '.join(map(str, before))}, kept forgotten\n") if before else ""
     sur = results["surrogate"]["nelbo"]
     z_blind = z_blind_nelbo(sur)
     ref = "" if z_blind is None else f" (a decoder blind to z: {z_blind:.1f})"
-    return (f"forgotten {f}; surrogate nELBO {sur['before']:.1f} -> {sur['after']:.1f}{ref}\n"
+    return (f"{request}forgotten {f}; surrogate nELBO {sur['before']:.1f} -> {sur['after']:.1f}{ref}\n"
             f"retained sample_acc {s['before']['retained_sample_acc']:.4f} -> {s['after']['retained_sample_acc']:.4f}, "
             f"test nELBO {s['before']['retained_test_nelbo']:.2f} -> {s['after']['retained_test_nelbo']:.2f}\n"
             f"{paper}seconds: baseline {t['baseline']}, fisher {t['fisher']:.1f}, SA {t['unlearn']:.1f}, "

@@ -6,6 +6,7 @@ Chromium and the container's command). Both run on every core (pytest-xdist, ``-
 worker gets an equal share of the cores as its torch threads, and tests marked with the same ``xdist_group`` (SLURM:
 one test cluster) run on one worker. Scripts started by tests import this checkout's sa_dist (``PYTHONPATH``), not
 whatever copy is installed."""
+import importlib
 import os
 import socket
 import subprocess
@@ -23,6 +24,14 @@ os.environ.setdefault("OMP_NUM_THREADS", THREADS)
 os.environ.setdefault("SA_DIST_THREADS", THREADS)  # every test process, whatever launched it (the rule is unit-tested)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 LIMIT = 2000  # images per split in tests
+BENCHMARKS = ROOT / "benchmarks"
+
+
+def load_benchmark(name: str):
+    """A module of benchmarks/, imported as its scripts import each other (by name, from that folder)."""
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.append(str(BENCHMARKS))
+    return importlib.import_module(name)
 
 
 def run_script(*args, timeout=300, env=None):

@@ -1,12 +1,14 @@
 """One source for every default: the scripts' flags, their --help and docs/flags.md come from the config
 dataclasses; a sweep hands every number to its points exactly."""
+import sys
 from dataclasses import fields
 
 import pytest
 
 from conftest import ROOT
-from sa_dist.cli import compute_fisher
-from sa_dist.cli.flags import Parser, add_config_args, config_fields, config_from_args, flags_markdown, shown_default
+from sa_dist.cli import compute_fisher, sweep
+from sa_dist.cli.flags import (Parser, add_checkpoint_arg, add_config_args, config_fields, config_from_args,
+                               flags_markdown, run_flags_markdown, shown_default)
 from sa_dist.config import RunConfig, SAConfig, TrainConfig, validate
 from sa_dist.methods import get_method, method_names
 from sa_dist.sweeps.grid import Point, number
@@ -29,8 +31,39 @@ def test_unset_flags_leave_the_dataclass_defaults():
 
 
 def test_docs_flag_table_is_generated_from_the_config():
-    """docs/flags.md holds flags_markdown() verbatim; regenerate it with the command the page gives."""
-    assert flags_markdown() in (ROOT / "docs" / "flags.md").read_text()
+    """docs/flags.md holds flags_markdown() and run_flags_markdown() verbatim; regenerate them with the commands
+    the page gives."""
+    page = (ROOT / "docs" / "flags.md").read_text()
+    assert flags_markdown() in page and run_flags_markdown() in page
+
+
+def test_checkpoint_help_has_one_source_and_says_earlier_classes_join_the_request():
+    p = Parser()
+    add_checkpoint_arg(p)
+    text = " ".join(p.format_help().split())
+    assert "forgotten are added to the request" in text and "--checkpoint FILE" in text
+    assert "forgotten are added to the request" in run_flags_markdown()
+
+
+def _sweep(monkeypatch, capsys, *argv):
+    monkeypatch.setattr(sys, "argv", ["sweep.py", *map(str, argv)])
+    sweep.main.__wrapped__()
+    return capsys.readouterr().out
+
+
+def test_a_sweep_passes_protocol_to_every_task(monkeypatch, capsys, tmp_path):
+    """--protocol reaches a SLURM task's flags, the points run in one process, and the shared cache step."""
+    grid = ["--out-dir", tmp_path / "o", "--forget", "2", "7", "--protocol", "paper"]
+    args = _sweep(monkeypatch, capsys, *grid, "--task-args", "1").split()
+    assert args[args.index("--protocol") + 1] == "paper" and args[args.index("--forget") + 1] == "7"
+    seen = {}
+    monkeypatch.setattr(sweep, "run_many", lambda jobs, checkpoint: seen.setdefault("jobs", jobs) and [])
+    _sweep(monkeypatch, capsys, *grid, "--no-aggregate")
+    assert [cfg.protocol for cfg, _ in seen["jobs"]] == ["paper", "paper"]
+    monkeypatch.setattr(sweep, "prepare_cache", lambda cfg, fisher, ckpt: seen.setdefault("prepare", cfg.protocol))
+    _sweep(monkeypatch, capsys, *grid, "--prepare")
+    assert seen["prepare"] == "paper"
+    assert "--protocol" not in _sweep(monkeypatch, capsys, "--out-dir", tmp_path / "o", "--task-args", "0")
 
 
 def test_compute_fisher_defaults_are_unlearns():

@@ -1,6 +1,5 @@
 """The launchers: the shipped one-process Accelerate config (no "values were not passed" block), the thread count
 every launched process logs, and benchmarks/launchers.py's argument handling."""
-import importlib.util
 import json
 import logging
 import os
@@ -13,7 +12,7 @@ import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 
-from conftest import ROOT
+from conftest import ROOT, load_benchmark
 from test_scripts import TINY
 
 WARNING_BLOCK = "were not passed to `accelerate launch`"
@@ -55,13 +54,6 @@ def test_accelerate_launch_with_the_config_is_quiet_and_uses_every_core(tmp_path
     line = f"sa_dist: {cores} CPU thread(s) per process ({cores} cores / 1 process(es) on this node)"
     assert r.stdout.count(line) == 1, r.stdout[-2000:]  # despite the OMP_NUM_THREADS=1 accelerate launch sets
     assert (tmp_path / "run" / "results.json").is_file()
-
-
-def load_benchmark(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 launchers = load_benchmark("launchers")

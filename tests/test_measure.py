@@ -7,11 +7,13 @@ import torch
 
 from conftest import LIMIT, run_script, sa_config
 from sa_dist.amnesia import replay_dataset
-from sa_dist.checkpoint import forgotten_classes, save_checkpoint
+from sa_dist.analysis.report import build_report
+from sa_dist.cache import baseline_key, baseline_path, get_baseline, save_baseline
+from sa_dist.checkpoint import forgotten_classes, read_metadata, save_checkpoint
 from sa_dist.config import RunConfig
 from sa_dist.evaluation.evaluator import get_evaluator
 from sa_dist.evaluation.metrics import class_metrics, collateral
-from sa_dist.pipeline import with_earlier_requests
+from sa_dist.pipeline import report_line, with_earlier_requests
 from sa_dist.sweeps.aggregate import aggregate, markdown
 from sa_dist.sweeps.grid import Point, make_grid
 from sa_dist.utils import UsageError, write_json
@@ -90,6 +92,47 @@ def test_a_request_on_an_unlearned_checkpoint_keeps_the_earlier_classes_forgotte
     assert not set(c.tolist()) & {2, 7}  # replay holds only classes never forgotten
     with pytest.raises(UsageError, match="has forgotten it already"):
         with_earlier_requests(sa_config(**{"sa.forget": [2]}), str(tmp_path / "u.safetensors"))
+
+
+def test_a_cached_retrain_model_knows_the_classes_it_never_learned(accelerator, tmp_path):
+    cfg = sa_config(**{"train.limit": LIMIT, "train.epochs": 1, "model.width": 32, "sa.forget": [7]})
+    model, info = get_baseline(cfg, accelerator, exclude=(2,))
+    path = baseline_path(info["key"])
+    assert not info["cached"] and forgotten_classes(path) == [2]
+    assert info["key"] != baseline_key(cfg)  # its own cache entry, the full baseline's untouched
+    again, earlier = with_earlier_requests(cfg, str(path))  # used as --checkpoint: 2 stays forgotten
+    assert earlier == [2] and again.sa.forget == [2, 7]
+    save_baseline(path, model, info["history"], info["seconds"], cfg)  # an entry cached before it said so
+    assert "forget" not in read_metadata(path)
+    _, info = get_baseline(cfg, accelerator, exclude=(2,))
+    assert info["cached"] and forgotten_classes(path) == [2]  # repaired on its next use
+
+
+def _request_results(earlier: list[int], request: list[int]) -> dict:
+    forget = [str(c) for c in earlier + request]
+    pc = {str(c): {"sample_acc": 0.9, "p_class": 0.001 if str(c) in forget else 0.9, "p_reject": 0.9,
+                   "entropy": 0.1, "test_nelbo": 100.0} for c in range(10)}
+    side = {"forgotten_p_class": {c: 0.001 for c in forget}, "forgotten_p_reject": {c: 0.99 for c in forget},
+            "forgotten_entropy": {c: 0.1 for c in forget}, "retained_sample_acc": 0.9, "retained_test_nelbo": 100.0}
+    return {"config": {"model": {"arch": "linear"}}, "forget_classes": earlier + request, "forget_request": request,
+            "forgotten_before": earlier, "before": {"per_class": pc}, "after": {"per_class": pc},
+            "summary": {"before": side, "after": side},
+            "surrogate": {"nelbo": {"before": 900.0, "after": 544.0, "z_blind": 543.4}},
+            "timing_s": {"baseline": None, "fisher": 1.0, "unlearn": 2.0, "evaluate": 3.0}}
+
+
+def test_the_report_and_the_terminal_say_what_this_request_forgot_and_what_was_forgotten_before(tmp_path):
+    write_json(tmp_path / "results.json", _request_results([2, 4], [7]))
+    _, md = build_report(tmp_path)
+    text = md.read_text()
+    assert "This request forgot 7; forgotten before (by the --checkpoint model, kept forgotten): 2, 4." in text
+    assert "## forget_request" not in text and "## forgotten_before" not in text  # not dumped as unknown blocks
+    line = report_line(_request_results([2, 4], [7]), tmp_path)
+    assert line.startswith("this request forgot 7; forgotten before (by --checkpoint): 2, 4, kept forgotten\n")
+    write_json(tmp_path / "results.json", _request_results([], [3]))
+    text = build_report(tmp_path)[1].read_text()
+    assert "forgotten before (by the --checkpoint model, kept forgotten): none." in text
+    assert "this request" not in report_line(_request_results([], [3]), tmp_path)
 
 
 @pytest.mark.slow

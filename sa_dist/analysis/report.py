@@ -18,7 +18,8 @@ from ..utils import atomic_write_text
 from .figures import FIGURES
 from .plots import plot_baseline_curves, plot_sa_curves
 
-KNOWN = {"config", "processes", "forget_classes", "before", "after", "surrogate", "summary", "evaluator", "baseline",
+KNOWN = {"config", "processes", "forget_classes", "forget_request", "forgotten_before",
+         "before", "after", "surrogate", "summary", "evaluator", "baseline",
          "sa_history", "timing_s", "latent", "environment", "collateral", "paper_protocol"}
 METRICS = (("p_class", "P(y=c)", ".4f"), ("p_reject", "P(reject)", ".4f"), ("sample_acc", "sample acc", ".4f"),
            ("entropy", "entropy (nats)", ".3f"), ("test_nelbo", "test nELBO", ".2f"))
@@ -51,6 +52,16 @@ def _mean(vals):
     return sum(vals) / len(vals) if vals else None
 
 
+def request_text(r: dict) -> list[dict]:
+    """Which classes this request forgot and which the ``--checkpoint`` model had forgotten before (none for runs
+    written before results.json recorded them)."""
+    if "forget_request" not in r:
+        return []
+    earlier = r.get("forgotten_before") or []
+    return [text(f"This request forgot {', '.join(map(str, r['forget_request']))}; forgotten before (by the "
+                 f"--checkpoint model, kept forgotten): {', '.join(map(str, earlier)) if earlier else 'none'}.")]
+
+
 def metrics_section(r: dict) -> list[dict]:
     forget = [str(c) for c in r.get("forget_classes", [])]
     before, after = r["before"]["per_class"], r.get("after", {}).get("per_class", {})
@@ -66,7 +77,7 @@ def metrics_section(r: dict) -> list[dict]:
     per = [[k + (" (forgotten)" if k in forget else ""),
             *[fmt(pc.get(k, {}).get(key), spec) for key, _, spec in METRICS for pc in (before, after)]]
            for k in sorted(before, key=int)]
-    return [text("On the model's samples of label c: P(y=c), the evaluator's mean probability of c; P(reject), its "
+    return [*request_text(r), text("On the model's samples of label c: P(y=c), the evaluator's mean probability of c; P(reject), its "
                  "mean probability of \"not a digit\" (– for an evaluator without a reject class); sample acc, the "
                  "share classified c; entropy, the evaluator's mean entropy. Test nELBO: mean negative ELBO of the "
                  "real test images of class c under label c."),

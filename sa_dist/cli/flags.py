@@ -119,11 +119,40 @@ def add_config_args(p: argparse.ArgumentParser, groups=UNLEARN) -> None:
     add_flags(p, config_fields(groups), {"sa.method": method_names(), "protocol": list(PROTOCOLS)})
 
 
+RUN_FLAGS = {  # the flags around a run's config (not config fields): flag -> (metavar, help); docs/flags.md's
+    # first table is generated from these (run_flags_markdown)
+    "--config": ("FILE", "YAML config (sections model/train/sa); flags override it"),
+    "--run-dir": ("DIR", "output folder (default runs/<arch>-[<method>-]forget<classes>-<time>); a finished run is "
+                         "never overwritten"),
+    "--resume": ("DIR", "continue the interrupted run in DIR with its config.yaml"),
+    "--checkpoint": ("FILE", "unlearn this sa_dist .safetensors instead of the cached baseline; the classes an "
+                             "unlearned checkpoint (or a cached retrain model) has forgotten are added to the request "
+                             "and stay forgotten"),
+}
+
+
+def _add_run_flag(p: argparse.ArgumentParser, flag: str) -> None:
+    metavar, help_ = RUN_FLAGS[flag]
+    p.add_argument(flag, metavar=metavar, help=help_)
+
+
 def add_run_args(p: argparse.ArgumentParser) -> None:
     """The flags around a run's config: a YAML file, the run directory, resuming."""
-    p.add_argument("--config", help="YAML config (sections model/train/sa); flags override it")
-    p.add_argument("--run-dir", help="output folder (default runs/<arch>-...-<time>); never overwritten")
-    p.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR with its config.yaml")
+    for flag in ("--config", "--run-dir", "--resume"):
+        _add_run_flag(p, flag)
+
+
+def add_checkpoint_arg(p: argparse.ArgumentParser) -> None:
+    """``--checkpoint FILE`` of the unlearning scripts (``scripts/unlearn.py``, ``scripts/sweep.py``)."""
+    _add_run_flag(p, "--checkpoint")
+
+
+def run_flags_markdown() -> str:
+    """The first table of docs/flags.md: the flags that are not config fields, with their help."""
+    rows = ["| flag | what |", "| --- | --- |"]
+    for flag, (metavar, help_) in RUN_FLAGS.items():
+        rows.append(f"| `{flag} {metavar}` | " + help_.replace("|", "\\|") + " |")
+    return "\n".join(rows) + "\n"
 
 
 def given_values(args: argparse.Namespace, items) -> dict:

@@ -15,7 +15,7 @@ from ..pipeline import prepare_cache, run_many
 from ..sweeps.aggregate import write_summary
 from ..sweeps.grid import make_grid, parse_forget, point_dir, task_args
 from ..utils import UsageError
-from .flags import Parser, add_config_args, add_run_args, command, config_from_args
+from .flags import Parser, add_checkpoint_arg, add_config_args, add_run_args, command, config_from_args
 
 
 def parse():
@@ -38,7 +38,7 @@ def parse():
     unlearn = Parser(prog="scripts/unlearn.py (via sweep.py)")
     add_config_args(unlearn)
     add_run_args(unlearn)
-    unlearn.add_argument("--checkpoint", help="unlearn this baseline .safetensors instead of training/caching one")
+    add_checkpoint_arg(unlearn)
     given = unlearn.parse_args(extra)
     if given.run_dir or given.resume:
         raise UsageError("--run-dir and --resume are chosen per point by sweep.py; use --out-dir")

@@ -3,7 +3,7 @@
     accelerate launch scripts/unlearn.py --forget 2          # also: python ..., torchrun ...
 """
 from ..pipeline import report_line, run_unlearn
-from .flags import Parser, add_config_args, add_run_args, command, config_from_args
+from .flags import Parser, add_checkpoint_arg, add_config_args, add_run_args, command, config_from_args
 
 
 @command
@@ -11,7 +11,7 @@ def main():
     p = Parser(description=__doc__.splitlines()[0])
     add_config_args(p)
     add_run_args(p)
-    p.add_argument("--checkpoint", help="unlearn this baseline .safetensors instead of training/caching one")
+    add_checkpoint_arg(p)
     args = p.parse_args()
     results, run_dir = run_unlearn(config_from_args(args), run_dir=args.resume or args.run_dir,
                                    checkpoint=args.checkpoint, resume=bool(args.resume))
