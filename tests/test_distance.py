@@ -12,6 +12,7 @@ from sa_dist.fisher import diag_fisher
 from sa_dist.methods import Context, get_method
 from sa_dist.models import plain_copy
 from sa_dist.objective import distance_term, regularised_objective, rms, weight_distance
+from sa_dist.utils import UsageError
 
 SMALL = {"sa.sa_epochs": 1, "sa.n_replay": 1280, "sa.batch": 32, "sa.surrogate_batch": 16}  # 40 small steps
 
@@ -88,3 +89,11 @@ def test_distance_can_start_from_noised_weights(tiny_baseline, accelerator):
     cfg = sa_config(**{"sa.method": "distance", "sa.distance_noise": 0.5, "sa.sa_epochs": 1, "sa.n_replay": 256})
     out = get_method("distance").unlearn(Context(cfg, model, None, accelerator))
     assert out.info["noise"] == 0.5 and out.info["rms_moved"] > 0.3 * out.info["rms_theta_star"]  # noise 0.5: ~0.5
+
+
+@pytest.mark.parametrize("values,match", [({"sa.distance_target": 0.0}, "--distance-target must be a positive number"),
+                                          ({"sa.distance_alpha": -1.0}, "--distance-alpha must be a finite number >= 0"),
+                                          ({"sa.distance_noise": float("nan")}, "--distance-noise must be a finite")])
+def test_bad_distance_settings_are_one_line_usage_errors(values, match):
+    with pytest.raises(UsageError, match=match):
+        sa_config(**values)

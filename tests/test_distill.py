@@ -9,6 +9,7 @@ from sa_dist.fisher import diag_fisher
 from sa_dist.methods import Context, get_method
 from sa_dist.methods.distill import distill, holdout_nelbo, shrink_perturb, teacher_batch
 from sa_dist.models import ModelConfig, build_model
+from sa_dist.utils import UsageError
 
 # a short student run: the bar checked every 5 steps of 32 teacher samples, on 200 held-out ones
 SHORT = {"sa.distill_steps": 20, "sa.distill_every": 5, "sa.distill_batch": 32, "sa.distill_holdout": 200}
@@ -108,3 +109,13 @@ def test_distill_runs_sa_then_the_student_and_records_both(tiny_baseline, accele
     assert {"distill/nelbo", "distill/loss", "distill/holdout_nelbo"} <= set(tags)
     held = (torch.rand(4, 1, 28, 28), torch.tensor([0, 1, 3, 4]), torch.zeros(4, model.z_dim))
     assert holdout_nelbo(out.model, held, chunk=3) > 0 and not out.model.training
+
+
+@pytest.mark.parametrize("values,match", [({"sa.distill_alpha": 1.5}, r"--distill-alpha must be in \[0, 1\]"),
+                                          ({"sa.distill_beta": -1.0}, "--distill-beta must be a finite number >= 0"),
+                                          ({"sa.distill_every": 0}, "--distill-every must be a positive integer"),
+                                          ({"sa.distill_lr": 0.0}, "--distill-lr must be a positive number")])
+def test_bad_distill_settings_are_one_line_usage_errors(values, match):
+    with pytest.raises(UsageError, match=match):
+        sa_config(**values)
+    assert sa_config().sa.distill_lr == sa_config().train.lr  # unset: the baseline's lr
