@@ -62,7 +62,7 @@ class SAConfig:
     distill_lr: Optional[float] = arg(None, "distill: Adam learning rate of the student", shown="--lr")  # at α = 1 it trains from scratch, as the baseline
     distill_batch: int = arg(256, "distill: teacher samples per student step, split across processes")  # the baseline's batch
     distill_match: float = arg(0.0, "distill: weight of the decoder-matching BCE (student vs teacher means at the same z)")  # off: the student learns as a VAE
-    distill_every: int = arg(100, "distill: student steps between checks of the retained bar")  # a check is one held-out pass, ~5% of 100 steps
+    distill_every: int = arg(100, "distill: student steps between checks of the retained bar")  # a check costs about one step: ~1% of the run
     distill_holdout: int = arg(1000, "distill: held-out teacher samples of the retained labels for the bar")  # paired, so its noise is well under the bar
     distill_bar: float = arg(0.02, "distill: stop once the student's held-out nELBO is within this fraction of the teacher's")  # SA's own retained bar (SA_LR)
 
@@ -207,9 +207,10 @@ def _check_method_fields(s: SAConfig) -> None:
     for name, v in (("--dampen-alpha", s.dampen_alpha), ("--distance-target", s.distance_target),
                     ("--distill-lr", s.distill_lr)):
         _positive(name, v, integer=False)
-    for name, v in (("--lam", s.lam), ("--gamma", s.gamma), ("--noise", s.noise), ("--distance-alpha", s.distance_alpha),
-                    ("--distance-noise", s.distance_noise), ("--distill-beta", s.distill_beta),
-                    ("--distill-match", s.distill_match), ("--distill-bar", s.distill_bar)):
+    for name, v in (("--lam", s.lam), ("--gamma", s.gamma), ("--noise", s.noise),
+                    ("--distance-alpha", s.distance_alpha), ("--distance-noise", s.distance_noise),
+                    ("--distill-beta", s.distill_beta), ("--distill-match", s.distill_match),
+                    ("--distill-bar", s.distill_bar)):
         if not (math.isfinite(v) and v >= 0):
             raise UsageError(f"{name} must be a finite number >= 0, got {v}")
     if not (0 <= s.distill_alpha <= 1):

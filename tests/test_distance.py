@@ -8,6 +8,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import sa_config
 from sa_dist.amnesia import selective_amnesia
+from sa_dist.analysis import plots
 from sa_dist.fisher import diag_fisher
 from sa_dist.methods import Context, get_method
 from sa_dist.models import plain_copy
@@ -97,3 +98,14 @@ def test_distance_can_start_from_noised_weights(tiny_baseline, accelerator):
 def test_bad_distance_settings_are_one_line_usage_errors(values, match):
     with pytest.raises(UsageError, match=match):
         sa_config(**values)
+
+
+def test_the_curves_plot_the_distance_term_in_the_third_panel(monkeypatch):
+    figs = []
+    monkeypatch.setattr(plots, "save_png", lambda fig, path, dpi=150: figs.append(fig))
+    rows = [{"step": s, "surrogate_nelbo": 900.0 - s, "replay_nelbo": 100.0, "weight_dist_reg": -0.001 * s,
+             "loss": 1.0} for s in (1, 2, 3)]
+    plots.plot_sa_curves(rows, "unused.png")
+    third = figs[0].axes[2]
+    assert third.get_title().startswith("weight distance") and list(third.get_lines()[0].get_ydata()) == [
+        -0.001, -0.002, -0.003]

@@ -5,8 +5,9 @@ with F_f the diagonal Fisher on samples the model generates for c_f and F_r the 
 (``fisher.class_fisher`` / ``retained_fisher``, ``n_forget_fisher`` samples each), a weight is selected when
 F_f > ``dampen_alpha`` * F_r and multiplied by beta = min(1, F_r / F_f) (0 where F_r = 0); every other weight is
 kept exactly. The cap at 1 is SSD's: with alpha < 1 a selected weight can have F_r / F_f up to 1 / alpha > 1, and
-dampening must never amplify a weight. SA then starts at the dampened weights and its EWC term anchors there (θ* stays the replay
-source), so the repair does not pull the dampened weights back. The two Fishers count in the method's cost."""
+dampening must never amplify a weight. SA then starts at the dampened weights and its EWC term anchors there (θ*
+stays the replay source), so the repair does not pull the dampened weights back. The two Fishers count in the
+method's cost."""
 from __future__ import annotations
 
 import torch
