@@ -20,12 +20,13 @@ from tqdm.auto import tqdm
 from .config import RunConfig, validate
 from .data import TensorBatches, batch_loader
 from .models import CVAE, plain_copy
-from .objective import sa_objective
+from .objective import Regulariser, ewc, regularised_objective, rms, weight_distance
 from .resume import Checkpointer, inject
 from .runtime import check_device, check_finite, rank_noise, start_tracking, stop_tracking, wrap_model
 from .surrogate import get_surrogate
 
-TERMS = ("surrogate_nelbo", "replay_nelbo", "ewc", "loss")  # a history row's floats, as SATerms' fields
+TERMS = ("surrogate_nelbo", "replay_nelbo", "ewc", "loss")  # a history row's floats, as SATerms' fields (SA's)
+REGULARISERS = ("ewc", "distance")  # the objective's third term: the paper's EWC, or the weight-distance push
 
 
 def _labels(classes: list[int], n: int, gen: torch.Generator) -> torch.Tensor:
@@ -94,9 +95,20 @@ def _steps(replay, surr, sa_epochs: int, ckpt):
     return batches, meta["history"], meta["step"]
 
 
-def selective_amnesia(model: CVAE, fisher: dict, accelerator, cfg: RunConfig, *, log_dir: str | Path | None = None,
-                      checkpointer: Checkpointer | None = None, surrogate_weight: float = 1.0,
-                      start: CVAE | None = None, anchor: CVAE | None = None):
+def _regulariser(kind: str, s, fisher: dict | None, names: list[str], theta_star: list, device) -> Regulariser:
+    """The objective's third term: ``ewc``, lam * EWC with the Fisher at the anchor; ``distance``, alpha times
+    ``objective.distance_term`` from the anchor with its cap ``distance_target`` * RMS(anchor) (no Fisher)."""
+    if kind not in REGULARISERS:
+        raise ValueError(f"regulariser must be one of {', '.join(REGULARISERS)}, got {kind!r}")
+    if kind == "distance":
+        return weight_distance(theta_star, s.distance_alpha, s.distance_target * float(rms(theta_star)))
+    return ewc([fisher[name].to(device, torch.float32) for name in names], theta_star, s.lam)
+
+
+def selective_amnesia(model: CVAE, fisher: dict | None, accelerator, cfg: RunConfig, *,
+                      log_dir: str | Path | None = None, checkpointer: Checkpointer | None = None,
+                      surrogate_weight: float = 1.0, start: CVAE | None = None, anchor: CVAE | None = None,
+                      regulariser: str = "ewc"):
     """Minimise the SA objective from theta* = ``model`` with the settings of ``cfg`` (``cfg.sa``: forget, lam,
     gamma, lr, batches, surrogate; the seed ``cfg.sa_seed``); return (unlearned plain model, history of float rows).
 
@@ -107,7 +119,8 @@ def selective_amnesia(model: CVAE, fisher: dict, accelerator, cfg: RunConfig, *,
     state every SA epoch and on SIGINT/SIGTERM, and resumes from one. ``surrogate_weight`` 0: replay_only.
     ``start``: begin the optimisation from these weights instead of theta*; ``anchor``: the point the EWC term
     pulls towards instead of theta* (the deeper methods: a dampened or noised copy). Replay always samples
-    ``model``."""
+    ``model``. ``regulariser``: the third term, ``ewc`` (the paper) or ``distance`` (the weight-distance push
+    away from the anchor, ``objective.distance_term``; ``fisher`` may then be None)."""
     cfg = validate(cfg)
     s, seed = cfg.sa, cfg.sa_seed
     set_seed(seed)
@@ -117,19 +130,19 @@ def selective_amnesia(model: CVAE, fisher: dict, accelerator, cfg: RunConfig, *,
     names = [name for name, _ in frozen.named_parameters()]
     anchor = frozen if anchor is None else plain_copy(anchor).to(accelerator.device)
     theta_star = [p.detach().float().clone() for p in anchor.parameters()]
-    fisher = [fisher[name].to(accelerator.device, torch.float32) for name in names]
+    reg = _regulariser(regulariser, s, fisher, names, theta_star, accelerator.device)
     replay, surr = _data(frozen, cfg, accelerator.process_index, accelerator.num_processes)
     first = frozen if start is None else plain_copy(start).to(accelerator.device)
     net = wrap_model(accelerator, copy.deepcopy(first).requires_grad_(True), cfg.sync_bn)
     opt = torch.optim.Adam(net.parameters(), lr=s.lr)
     net, opt = accelerator.prepare(net, opt)
     rank_noise(accelerator, seed)
-    check_device(accelerator, net, *fisher, *theta_star, what="a tensor of the SA loss")
+    check_device(accelerator, net, *theta_star, what="a tensor of the SA loss")
     if log_dir is not None:
         start_tracking(accelerator, log_dir, "sa", asdict(cfg))
     ckpt = checkpointer or Checkpointer(accelerator, None, "sa")
     batches, history, step = _steps(replay, surr, s.sa_epochs, ckpt)
-    objective = dict(fisher=fisher, theta_star=theta_star, lam=s.lam, gamma=s.gamma, surrogate_weight=surrogate_weight)
+    objective = dict(regulariser=reg, gamma=s.gamma, surrogate_weight=surrogate_weight)
     _loop(net, opt, accelerator, batches, history, step, ckpt, objective, s.sa_epochs * len(replay))
     if log_dir is not None:
         stop_tracking(accelerator)
@@ -138,17 +151,19 @@ def selective_amnesia(model: CVAE, fisher: dict, accelerator, cfg: RunConfig, *,
 
 
 def _loop(net, opt, accelerator, batches, history: list, step: int, ckpt, objective: dict, total: int) -> None:
-    """The SA steps: objective, a finite check of every term, the update, a float row per step."""
+    """The SA steps: objective, a finite check of every term, the update, a float row per step (the third term
+    under its regulariser's name)."""
     dev, rank = accelerator.device, accelerator.process_index
+    names = (*TERMS[:2], objective["regulariser"].name, TERMS[3])
     bar = tqdm(total=total, initial=step, desc="selective amnesia", disable=not accelerator.is_local_main_process)
     net.eval()  # batch norm frozen: see selective_amnesia
     with ckpt.catching_signals(), bar:  # the bar ends its line also when a fault stops the loop
         for (xr, cr), (xs, cs) in batches:
             step += 1
-            terms = sa_objective(net, (xs.to(dev), cs.to(dev)), (xr.to(dev), cr.to(dev)), **objective)
-            row = {"step": step, **dict(zip(TERMS, (t.item() for t in terms)))}
+            terms = regularised_objective(net, (xs.to(dev), cs.to(dev)), (xr.to(dev), cr.to(dev)), **objective)
+            row = {"step": step, **dict(zip(names, (t.item() for t in terms)))}
             row["surrogate_nelbo"] = inject("sa", step, rank, row["surrogate_nelbo"])
-            for term in TERMS:
+            for term in names:
                 check_finite(row[term], step, f"SA {term}", ckpt)
             opt.zero_grad(set_to_none=True)
             accelerator.backward(terms.total)
@@ -156,6 +171,6 @@ def _loop(net, opt, accelerator, batches, history: list, step: int, ckpt, object
             history.append(row)
             accelerator.log({f"sa/{k}": v for k, v in row.items() if k != "step"}, step=step)
             bar.set_postfix(surrogate=f"{row['surrogate_nelbo']:.1f}", replay=f"{row['replay_nelbo']:.1f}",
-                            ewc=f"{row['ewc']:.3g}", refresh=False)  # drawn by update at tqdm's rate
+                            **{names[2]: f"{row[names[2]]:.3g}"}, refresh=False)  # drawn at tqdm's rate
             bar.update(1)
             ckpt.after_step(step, lambda: {"history": history})

@@ -16,6 +16,7 @@ from .surrogate import get_surrogate
 from .utils import UsageError, arg, atomic_write_text
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
+NOISE_ANCHORS = ("noisy", "theta_star", "none")  # noise: EWC anchored at the noised weights, at θ*, or no EWC
 PROTOCOLS = ("default", "paper")
 SA_LR = {"conv": 1e-3, "linear": 5e-4}  # measured: the fastest that keep retained test nELBO within 2%
 
@@ -51,6 +52,19 @@ class SAConfig:
     dampen_alpha: float = arg(5.0, "dampen: shrink the weights whose forgotten-class Fisher exceeds alpha x the retained one")  # SSD's selection threshold
     noise: float = arg(0.5, "noise: std of the Gaussian noise per weight, relative to the weight's magnitude")
     n_forget_fisher: int = arg(5000, "dampen: samples per Fisher of the forgotten and of the retained classes")  # cost within the SA budget
+    noise_anchor: str = arg("noisy", "noise: where EWC pulls: noisy (the noised weights) | theta_star | none (λ = 0)")  # today's behaviour until the benchmark measures the others
+    distance_alpha: float = arg(1e4, "distance: α, weight of the push -α·min(RMS(θ - θ*), cap) away from θ*")  # tiny linear cVAE, 40 steps: 2.7x SA's move for +1% replay nELBO (1e3: 1.5x)
+    distance_target: float = arg(0.5, "distance: the cap of RMS(θ - θ*) as a fraction of RMS(θ*); the push stops there")  # --noise 0.5's RMS move
+    distance_noise: float = arg(0.0, "distance: start from θ* noised as --noise does (0: start at θ*)")  # the push alone until measured
+    distill_alpha: float = arg(0.5, "distill: shrink-perturb α, student = (1-α)·teacher + α·β·fresh init (1: a fresh model)")  # mid-way; the benchmark sweeps it
+    distill_beta: float = arg(1.0, "distill: β, the scale of the fresh initialisation mixed into the student")  # 1: α = 1 is exactly a fresh model
+    distill_steps: int = arg(3000, "distill: most student steps (fewer when the retained bar is met)")  # a quarter of retraining's 50 x 235 steps
+    distill_lr: Optional[float] = arg(None, "distill: Adam learning rate of the student", shown="--lr")  # at α = 1 it trains from scratch, as the baseline
+    distill_batch: int = arg(256, "distill: teacher samples per student step, split across processes")  # the baseline's batch
+    distill_match: float = arg(0.0, "distill: weight of the decoder-matching BCE (student vs teacher means at the same z)")  # off: the student learns as a VAE
+    distill_every: int = arg(100, "distill: student steps between checks of the retained bar")  # a check costs about one step: ~1% of the run
+    distill_holdout: int = arg(1000, "distill: held-out teacher samples of the retained labels for the bar")  # paired, so its noise is well under the bar
+    distill_bar: float = arg(0.02, "distill: stop once the student's held-out nELBO is within this fraction of the teacher's")  # SA's own retained bar (SA_LR)
 
 
 @dataclass
@@ -169,12 +183,11 @@ def validate(cfg: RunConfig) -> RunConfig:
         _positive(name, v)
     if s.lr is None:
         s.lr = SA_LR[m.arch]
+    if s.distill_lr is None:
+        s.distill_lr = t.lr
     for name, v in (("--lr", t.lr), ("--sa-lr", s.lr)):
         _positive(name, v, integer=False)
-    _positive("--dampen-alpha", s.dampen_alpha, integer=False)
-    for name, v in (("--lam", s.lam), ("--gamma", s.gamma), ("--noise", s.noise)):
-        if not (math.isfinite(v) and v >= 0):
-            raise UsageError(f"{name} must be a finite number >= 0, got {v}")
+    _check_method_fields(s)
     _check_forget(s.forget, m.n_classes)
     if cfg.threads is not None and cfg.threads < 1:
         raise UsageError(f"--threads must be >= 1 (or unset for the cores / processes rule), got {cfg.threads}")
@@ -184,6 +197,26 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UsageError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {cfg.protocol!r}")
     get_surrogate(s.surrogate, s.forget, m.n_classes)
     return cfg
+
+
+def _check_method_fields(s: SAConfig) -> None:
+    """The fields of the methods beside SA (dampen, noise, distance, distill) and lam, gamma."""
+    for name, v in (("--distill-steps", s.distill_steps), ("--distill-batch", s.distill_batch),
+                    ("--distill-every", s.distill_every), ("--distill-holdout", s.distill_holdout)):
+        _positive(name, v)
+    for name, v in (("--dampen-alpha", s.dampen_alpha), ("--distance-target", s.distance_target),
+                    ("--distill-lr", s.distill_lr)):
+        _positive(name, v, integer=False)
+    for name, v in (("--lam", s.lam), ("--gamma", s.gamma), ("--noise", s.noise),
+                    ("--distance-alpha", s.distance_alpha), ("--distance-noise", s.distance_noise),
+                    ("--distill-beta", s.distill_beta), ("--distill-match", s.distill_match),
+                    ("--distill-bar", s.distill_bar)):
+        if not (math.isfinite(v) and v >= 0):
+            raise UsageError(f"{name} must be a finite number >= 0, got {v}")
+    if not (0 <= s.distill_alpha <= 1):
+        raise UsageError(f"--distill-alpha must be in [0, 1] (0: the teacher, 1: a fresh model), got {s.distill_alpha}")
+    if s.noise_anchor not in NOISE_ANCHORS:
+        raise UsageError(f"--noise-anchor must be one of {', '.join(NOISE_ANCHORS)}, got {s.noise_anchor!r}")
 
 
 def _check_forget(forget: list, n_classes: int) -> None:

@@ -16,9 +16,11 @@ from sa_dist.data import load_mnist
 from sa_dist.evaluation.evaluator import get_evaluator
 from sa_dist.fisher import class_fisher, diag_fisher, fisher_batch
 from sa_dist.methods import Context, get_method, method_names
+from sa_dist.methods import noise as noise_method
 from sa_dist.methods.dampen import dampen
 from sa_dist.methods.noise import perturb
 from sa_dist.models import ModelConfig, build_model
+from sa_dist.utils import UsageError
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,10 @@ def test_relearn_grid_reports_every_lr_and_the_best_on_a_toy(tiny_baseline, eval
     r = relearn_grid(model, evaluator, x[y == 2][:10], 2, [1e-7, 3e-3], steps=10, n_samples=50,
                      threshold=min(p0 + 0.05, 0.99), seed=0)
     assert set(r["by_lr"]) == {"1e-07", "0.003"} and r["best_lr"] == 0.003  # a tiny lr cannot move P
-    assert r["steps_to_threshold"] == r["by_lr"]["0.003"]["steps_to_threshold"] is not None
+    threshold, steps, curve = min(p0 + 0.05, 0.99), r["steps_to_threshold"], r["curve"]  # the best lr's run
+    assert steps in schedule(10) and curve["step"][-1] == steps  # it stopped at a scored step ...
+    assert curve["p"][-1] >= threshold - 1e-5  # ... where P reached the threshold (the curve rounds to 1e-5) ...
+    assert all(p < threshold for p in curve["p"][:-1])  # ... and not before: the first such step
     assert r["by_lr"]["1e-07"]["steps_to_threshold"] is None
 
 
@@ -144,6 +149,47 @@ def test_dampen_shrinks_exactly_the_selected_weights():
         assert torch.equal(q[~mask], p[~mask])  # the rest exactly kept
         assert torch.allclose(q[mask], p[mask] * f_r[n][mask] / f_f[n][mask])
     assert info["selected"] == total > 0 and (out.dec[0].bias[:3] == 0).all()
+
+
+def test_dampen_never_amplifies_a_weight_when_alpha_is_below_one():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="linear", width=16)).eval()
+    gen = torch.Generator().manual_seed(1)
+    f_r = {n: torch.rand(p.shape, generator=gen) for n, p in model.named_parameters()}
+    f_f = {n: torch.rand(p.shape, generator=gen) for n, p in model.named_parameters()}  # same scale: F_r/F_f > 1 too
+    out, info = dampen(model, f_f, f_r, alpha=0.25)
+    above_one = 0
+    for (n, p), (_, q) in zip(model.named_parameters(), out.named_parameters()):
+        assert (q.abs() <= p.abs()).all(), n  # no weight grows in magnitude
+        kept = (f_f[n] > 0.25 * f_r[n]) & (f_r[n] > f_f[n])  # selected, with a ratio above 1: beta capped at 1
+        above_one += int(kept.sum())
+        assert torch.equal(q[kept], p[kept])
+    assert above_one > 0 and info["selected"] > above_one  # the cap mattered, and other weights were shrunk
+
+
+@pytest.mark.parametrize("anchor", ["noisy", "theta_star", "none"])
+def test_noise_anchor_says_where_ewc_pulls(anchor, tiny_baseline, accelerator, monkeypatch):
+    seen = {}
+
+    def record(model, fisher, acc, cfg, **kw):
+        seen.update(kw, cfg=cfg)
+        return model, []
+
+    monkeypatch.setattr(noise_method, "selective_amnesia", record)
+    model = tiny_baseline[0]
+    cfg = sa_config(**{"sa.method": "noise", "sa.lam": 3.0, "sa.noise_anchor": anchor})
+    out = noise_method.unlearn(Context(cfg, model, {}, accelerator))
+    noisy = perturb(model, cfg.sa.noise, cfg.sa_seed)
+    assert all(torch.equal(a, b) for a, b in zip(seen["start"].parameters(), noisy.parameters()))  # starts noisy
+    if anchor == "noisy":
+        assert seen["anchor"] is seen["start"] and seen["cfg"].sa.lam == 3.0  # EWC at the very noised tensors
+    elif anchor == "theta_star":
+        assert seen["anchor"] is None and seen["cfg"].sa.lam == 3.0  # None: selective_amnesia anchors at θ*
+    else:
+        assert seen["cfg"].sa.lam == 0.0 and cfg.sa.lam == 3.0  # no EWC, the caller's config untouched
+    assert out.info["anchor"] == anchor and out.info["lam"] == seen["cfg"].sa.lam
+    with pytest.raises(UsageError, match="--noise-anchor must be one of noisy, theta_star, none"):
+        sa_config(**{"sa.noise_anchor": "theta"})
 
 
 def test_noise_is_relative_and_reproducible():

@@ -5,7 +5,8 @@ import torch
 from conftest import sa_config
 from sa_dist.amnesia import replay_dataset, selective_amnesia, surrogate_dataset
 from sa_dist.fisher import diag_fisher
-from sa_dist.models import negative_elbo
+from sa_dist.methods.noise import perturb
+from sa_dist.models import negative_elbo, plain_copy
 from sa_dist.objective import ewc_penalty, sa_objective
 from sa_dist.surrogate import Uniform
 from sa_dist.utils import UsageError
@@ -103,3 +104,36 @@ def test_sa_forgets_the_class_and_logs_three_float_terms(tiny_baseline, accelera
     assert after_gap < before_gap - 0.05  # label 2 decodes closer to flat grey
     kept = lambda m: m.sample(200, 4, generator=gen())  # noqa: E731
     assert (kept(after) - kept(model)).abs().mean().item() < 0.1  # a retained class barely moves
+
+
+def _shifted(model, by: float):
+    out = plain_copy(model)
+    with torch.no_grad():
+        for p in out.parameters():
+            p.add_(by)
+    return out
+
+
+def test_selective_amnesia_starts_from_start_not_theta_star(tiny_baseline, accelerator):
+    model, _ = tiny_baseline
+    ones = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    far = perturb(model, 0.5, seed=0)  # every weight times (1 + 0.5 eps): far, and still finite
+    cfg = sa_config(**{"sa.sa_epochs": 1, "sa.n_replay": 256, "sa.lr": 1e-12})  # 2 steps that cannot move it
+    out, _ = selective_amnesia(model, ones, accelerator, cfg, start=far)
+    for a, s, star in zip(out.parameters(), far.parameters(), model.parameters()):
+        assert torch.allclose(a, s, atol=1e-8) and not torch.allclose(a, star.detach(), atol=1e-3)
+
+
+def test_selective_amnesia_anchors_ewc_at_anchor(tiny_baseline, accelerator):
+    model, _ = tiny_baseline
+    ones = {n: torch.ones_like(p) for n, p in model.named_parameters()}
+    anchor = _shifted(model, 0.01)
+    n = sum(p.numel() for p in model.parameters())
+    cfg = sa_config(**{"sa.sa_epochs": 1, "sa.n_replay": 256, "sa.gamma": 0.0, "sa.lam": 1.0, "sa.lr": 1e-3})
+    out, hist = selective_amnesia(model, ones, accelerator, cfg, anchor=anchor, surrogate_weight=0.0)
+    assert hist[0]["ewc"] == pytest.approx(1e-4 * n, rel=1e-3)  # sum_i 1 * (theta*_i - anchor_i)^2, from theta*
+    assert hist[0]["loss"] == pytest.approx(hist[0]["ewc"], rel=1e-6)  # only EWC weighs
+    with torch.no_grad():
+        moved = [(a - s).mean().item() for a, s in zip(out.parameters(), model.parameters())]
+    assert all(m > 5e-4 for m in moved)  # every tensor stepped towards the anchor (+0.01), about lr per step
+    assert hist[1]["ewc"] < hist[0]["ewc"]

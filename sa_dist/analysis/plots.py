@@ -90,6 +90,7 @@ def plot_baseline_curves(history: list[dict], path: str | Path | None = None):
 
 SA_TERMS = (("surrogate_nelbo", "surrogate: -ELBO on q(x|c_f)"), ("replay_nelbo", "replay: -ELBO on p(x|θ*,c_r)"),
             ("ewc", "EWC: Σ F_i (θ_i - θ*_i)²"))
+REGULARISERS = {"ewc": SA_TERMS[2][1], "weight_dist_reg": "weight distance: -min(RMS(θ - θ*), cap)"}  # third panel
 
 
 def plot_sa_curves(rows: list[dict], path: str | Path | None = None, z_blind: float | None = None):
@@ -99,8 +100,10 @@ def plot_sa_curves(rows: list[dict], path: str | Path | None = None, z_blind: fl
     visible as negative values instead of being dropped by a log axis."""
     fig, axes = subplots(1, 3, figsize=(13, 3.8))
     steps = [r["step"] for r in rows]
-    for ax, (key, name), color in zip(axes, SA_TERMS, ("tab:red", "tab:blue", "tab:green")):
-        vals, ylabel = [r[key] for r in rows], "nats" if key != "ewc" else "penalty (before λ)"
+    third = next((k for k in REGULARISERS if k in rows[0]), "ewc")  # the distance method logs its own term
+    terms = (*SA_TERMS[:2], (third, REGULARISERS[third]))
+    for ax, (key, name), color in zip(axes, terms, ("tab:red", "tab:blue", "tab:green")):
+        vals, ylabel = [r[key] for r in rows], "penalty (before its weight)" if key == third else "nats"
         if key == "surrogate_nelbo":  # starts thousands of nats above where it ends: log scale
             if z_blind is not None:
                 vals, ylabel = [v - z_blind for v in vals], f"nats above z-blind {z_blind:.1f} (symlog)"

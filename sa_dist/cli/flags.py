@@ -11,7 +11,7 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
-from ..config import PROTOCOLS, SECTIONS, RunConfig, load_config, validate, with_values
+from ..config import NOISE_ANCHORS, PROTOCOLS, SECTIONS, RunConfig, load_config, validate, with_values
 from ..methods import method_names
 from ..resume import Interrupted
 from ..utils import UsageError, UserError
@@ -116,7 +116,8 @@ def add_flags(p: argparse.ArgumentParser, items, choices: dict | None = None) ->
 
 def add_config_args(p: argparse.ArgumentParser, groups=UNLEARN) -> None:
     """The flags of the RunConfig fields in ``groups`` (``--method`` choices: the registered methods)."""
-    add_flags(p, config_fields(groups), {"sa.method": method_names(), "protocol": list(PROTOCOLS)})
+    add_flags(p, config_fields(groups), {"sa.method": method_names(), "protocol": list(PROTOCOLS),
+                                         "sa.noise_anchor": list(NOISE_ANCHORS)})
 
 
 RUN_FLAGS = {  # the flags around a run's config (not config fields): flag -> (metavar, help); docs/flags.md's

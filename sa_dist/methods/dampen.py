@@ -3,9 +3,11 @@
 The weights that matter much more to the forgotten classes than to the retained ones are shrunk before SA starts:
 with F_f the diagonal Fisher on samples the model generates for c_f and F_r the one on retained-class samples
 (``fisher.class_fisher`` / ``retained_fisher``, ``n_forget_fisher`` samples each), a weight is selected when
-F_f > ``dampen_alpha`` * F_r and multiplied by beta = F_r / F_f (< 1 / alpha; 0 where F_r = 0); every other weight
-is kept exactly. SA then starts at the dampened weights and its EWC term anchors there (θ* stays the replay
-source), so the repair does not pull the dampened weights back. The two Fishers count in the method's cost."""
+F_f > ``dampen_alpha`` * F_r and multiplied by beta = min(1, F_r / F_f) (0 where F_r = 0); every other weight is
+kept exactly. The cap at 1 is SSD's: with alpha < 1 a selected weight can have F_r / F_f up to 1 / alpha > 1, and
+dampening must never amplify a weight. SA then starts at the dampened weights and its EWC term anchors there (θ*
+stays the replay source), so the repair does not pull the dampened weights back. The two Fishers count in the
+method's cost."""
 from __future__ import annotations
 
 import torch
@@ -23,13 +25,15 @@ MARKER = "P"
 @torch.no_grad()
 def dampen(model: CVAE, f_forget: dict, f_retain: dict, alpha: float) -> tuple[CVAE, dict]:
     """A copy of ``model`` with each parameter where ``f_forget > alpha * f_retain`` multiplied by
-    ``f_retain / f_forget``; the rest unchanged. Returns it and ``{"selected", "total", "per_tensor"}``."""
+    ``min(1, f_retain / f_forget)`` (SSD's dampening, its lambda 1); the rest unchanged. Returns it and
+    ``{"selected", "total", "per_tensor"}``."""
     out = plain_copy(model)
     selected, total, per = 0, 0, {}
     for name, p in out.named_parameters():
         ff, fr = f_forget[name].to(p), f_retain[name].to(p)
         mask = ff > alpha * fr  # (same shape as p)
-        beta = torch.where(mask, fr / ff.clamp_min(torch.finfo(ff.dtype).tiny), torch.ones_like(p))
+        ratio = (fr / ff.clamp_min(torch.finfo(ff.dtype).tiny)).clamp(max=1.0)  # never amplify (alpha < 1)
+        beta = torch.where(mask, ratio, torch.ones_like(p))
         p.mul_(beta)
         n = int(mask.sum())
         selected, total = selected + n, total + p.numel()
