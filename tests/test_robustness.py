@@ -1,6 +1,8 @@
 """The robustness pieces on toys and tiny budgets: the relearning lr grid, retain-only relearning (k = 0), inversion
 label modes, weight-space distances and the loss barrier, the class Fisher, and the dampen and noise methods; the
-comparison with retrain (AUC, per-lr ratios, their minimum)."""
+comparison with retrain (AUC, per-lr ratios, their minimum), merging attack blocks."""
+import json
+
 import pytest
 import torch
 import torch.nn as nn
@@ -11,7 +13,7 @@ from sa_dist.attacks.compare import auc_ratio, curve_auc, grid_ratios, steps_rat
 from sa_dist.attacks.invert import invert
 from sa_dist.attacks.relearn import Judges, best_of, relearn, relearn_grid, schedule
 from sa_dist.attacks.retain import retain_relearn
-from sa_dist.attacks.suite import AttackConfig, run_relearn, summary
+from sa_dist.attacks.suite import AttackConfig, merge_results, run_relearn, summary
 from sa_dist.attacks.weights import barrier, fisher_distance, l2_distance, path_losses
 from sa_dist.cli.flags import Parser, add_config_args, config_from_args
 from sa_dist.data import load_mnist
@@ -243,3 +245,13 @@ def test_the_grid_minimum_is_over_every_k_and_lr_and_keeps_its_bound():
     assert g["min_steps"] == {"ratio": 1.5, "bound": "=", "k": "k10", "lr": "0.01"}
     assert g["min_auc"]["ratio"] == pytest.approx(0.5) and g["min_auc"]["k"] == "k0"
     assert grid_ratios({"k50": model["k10"]}, ref) == {"by_k": {}, "min_steps": None, "min_auc": None}
+
+
+def test_merge_results_drops_the_blocks_of_another_target(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"summary": {}, "attacks": {
+        "target": 2, "relearn": {"models": {}}, "probe": {"models": {}}, "timing_s": {"relearn": 1.0, "probe": 2.0}}}))
+    a = merge_results(tmp_path, {"target": 2, "invert": {"models": {}}, "timing_s": {"invert": 3.0}})
+    assert {"relearn", "probe", "invert"} <= set(a) and a["timing_s"] == {"relearn": 1.0, "probe": 2.0, "invert": 3.0}
+    a = merge_results(tmp_path, {"target": 7, "weights": {"models": {}}, "timing_s": {"weights": 4.0}})
+    assert a["target"] == 7 and not {"relearn", "probe", "invert"} & set(a) and a["timing_s"] == {"weights": 4.0}
+    assert json.loads((tmp_path / "results.json").read_text())["attacks"] == a

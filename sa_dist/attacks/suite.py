@@ -229,10 +229,13 @@ def headline(kind: str, r: dict) -> dict:
 
 
 def merge_results(run_dir: Path, new: dict) -> dict:
-    """Re-read results.json, replace the attacks that were run, keep the others, write it back atomically."""
+    """Re-read results.json, replace the attacks that were run, keep the others (those of the same ``target``
+    only: blocks of another target are dropped), write it back atomically."""
     path = run_dir / "results.json"
     results = load_results(run_dir)
     old = results.get("attacks", {})
+    if old.get("target") != new["target"]:
+        old = {}
     attacks = {**old, **new}
     attacks["timing_s"] = {**old.get("timing_s", {}), **new.get("timing_s", {})}
     attacks["summary"] = summary(attacks)
