@@ -1,11 +1,13 @@
 """The robustness pieces on toys and tiny budgets: the relearning lr grid, retain-only relearning (k = 0), inversion
 label modes, weight-space distances and the loss barrier, the class Fisher, and the dampen and noise methods; the
-comparison with retrain (AUC, per-lr ratios, their minimum), merging attack blocks."""
+comparison with retrain (AUC, per-lr ratios, their minimum), merging attack blocks, the cache's precision rule."""
 import json
 
 import pytest
 import torch
 import torch.nn as nn
+
+from accelerate.state import AcceleratorState
 
 from conftest import LIMIT, sa_config
 from sa_dist.attacks import relearn as relearn_mod
@@ -13,9 +15,11 @@ from sa_dist.attacks.compare import auc_ratio, curve_auc, grid_ratios, steps_rat
 from sa_dist.attacks.invert import invert
 from sa_dist.attacks.relearn import Judges, best_of, relearn, relearn_grid, schedule
 from sa_dist.attacks.retain import retain_relearn
-from sa_dist.attacks.suite import AttackConfig, merge_results, run_relearn, summary
+from sa_dist.attacks.suite import AttackConfig, attack_accelerator, merge_results, run_relearn, summary
+from sa_dist.cache import baseline_key, baseline_path, get_baseline
 from sa_dist.attacks.weights import barrier, fisher_distance, l2_distance, path_losses
 from sa_dist.cli.flags import Parser, add_config_args, config_from_args
+from sa_dist.config import with_values
 from sa_dist.data import load_mnist
 from sa_dist.evaluation.evaluator import get_evaluator
 from sa_dist.evaluation.paper import PaperClassifier
@@ -24,6 +28,7 @@ from sa_dist.methods import Context, get_method, method_names
 from sa_dist.methods.dampen import dampen
 from sa_dist.methods.noise import perturb
 from sa_dist.models import ModelConfig, build_model
+from sa_dist.runtime import make_accelerator
 from sa_dist.utils import UserError
 
 
@@ -255,3 +260,23 @@ def test_merge_results_drops_the_blocks_of_another_target(tmp_path):
     a = merge_results(tmp_path, {"target": 7, "weights": {"models": {}}, "timing_s": {"weights": 4.0}})
     assert a["target"] == 7 and not {"relearn", "probe", "invert"} & set(a) and a["timing_s"] == {"weights": 4.0}
     assert json.loads((tmp_path / "results.json").read_text())["attacks"] == a
+
+
+def test_a_model_is_never_trained_under_another_precisions_cache_key(tmp_path):
+    cfg = sa_config(**{"mixed_precision": "bf16", "train.epochs": 1, "train.limit": 500, "model.width": 16})
+    try:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        fp32 = make_accelerator(cpu=True, mixed_precision="no", project_dir=str(tmp_path))
+        with pytest.raises(UserError, match="must be trained in mixed precision 'bf16', but this process runs 'no'"):
+            get_baseline(cfg, fp32, exclude=(2,))  # what the attacks did: an fp32 retrain under the bf16 key
+        assert not baseline_path(baseline_key(cfg, (2,))).exists()
+        AcceleratorState._reset_state(reset_partial_state=True)
+        acc = attack_accelerator(cfg, tmp_path)  # the attacks now run in the run's precision
+        assert acc.mixed_precision == "bf16"
+        _, info = get_baseline(cfg, acc, exclude=(2,))
+        assert info["key"] == baseline_key(cfg, (2,)) and baseline_path(info["key"]).is_file()
+        AcceleratorState._reset_state(reset_partial_state=True)
+        fp16 = with_values(cfg, {"mixed_precision": "fp16"})  # cannot run on a CPU: float32, and training refused
+        assert attack_accelerator(fp16, tmp_path).mixed_precision == ("fp16" if torch.cuda.is_available() else "no")
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)

@@ -63,6 +63,15 @@ class AttackConfig:
     seed: int = arg(0, "seed of images, latents and starts (the same for every model)")
 
 
+def attack_accelerator(cfg: RunConfig, run_dir: Path):
+    """The attacks' Accelerator, in the run's mixed precision: a model trained here on a cache miss (``retrain``)
+    is then what its cache key says. fp16 cannot run without CUDA, so there it is float32, and ``get_baseline``
+    refuses (one line) to train under the fp16 key; a cached model still loads."""
+    mp = "no" if cfg.mixed_precision == "fp16" and not torch.cuda.is_available() else cfg.mixed_precision
+    return make_accelerator(mixed_precision=mp, project_dir=str(run_dir),
+                            threads=torch.get_num_threads())  # the caller's (attack --threads)
+
+
 def load_run(run_dir: str | Path) -> tuple[RunConfig, dict]:
     run_dir = Path(run_dir)
     if not (run_dir / "results.json").is_file() or not (run_dir / "unlearned.safetensors").is_file():
@@ -253,8 +262,7 @@ def run_attacks(run_dir: str | Path, kinds=KINDS, acfg: AttackConfig | None = No
     target = cfg.sa.forget[0] if a.target is None else a.target
     if target not in cfg.sa.forget:
         raise UsageError(f"--target {target} is not a forgotten class of this run ({cfg.sa.forget})")
-    accelerator = accelerator or make_accelerator(mixed_precision="no", project_dir=str(run_dir),
-                                                  threads=torch.get_num_threads())  # the caller's (attack --threads)
+    accelerator = accelerator or attack_accelerator(cfg, run_dir)
     models = load_models(run_dir, cfg, results, accelerator, names, original, retrain)
     anchor = None
     if "weights" in kinds:  # the original and its Fisher (cached by the run; all processes take part)
