@@ -54,6 +54,11 @@ def judge(model: CVAE, judges: Judges, z: torch.Tensor, target: int) -> tuple[fl
     return p, log_probs(judges.paper, uint8_round_trip(x))[:, target].exp().mean().item()
 
 
+def sig(x: float) -> float:
+    """``x`` to 6 significant digits: a forgotten class's P of 1e-7 stays a number, not 0."""
+    return float(f"{x:.6g}")
+
+
 def finetune(step: Callable[[], None], score: Callable[[], tuple], steps: int, threshold: float, auc_steps: int,
              stop: bool = True) -> dict:
     """Call ``step()`` (one optimiser step) up to ``steps`` times and ``score()`` -> (p, p_paper) at each
@@ -69,8 +74,8 @@ def finetune(step: Callable[[], None], score: Callable[[], tuple], steps: int, t
         done = s
         p, p_paper = score()
         curve["step"].append(s)
-        curve["p"].append(round(p, 5))
-        curve["p_paper"].append(None if p_paper is None else round(p_paper, 5))
+        curve["p"].append(sig(p))
+        curve["p_paper"].append(None if p_paper is None else sig(p_paper))
         if hit is None and p >= threshold:
             hit = len(curve["step"]) - 1
             if stop:
@@ -79,11 +84,11 @@ def finetune(step: Callable[[], None], score: Callable[[], tuple], steps: int, t
     out = {"steps_to_threshold": None if hit is None else curve["step"][hit],
            "bracket": None if hit is None else [curve["step"][hit - 1] if hit else None, curve["step"][hit]],
            "final_p": curve["p"][-1], "max_p": max(curve["p"]), "steps_run": done, "budget": steps,
-           "auc": round(curve_auc(curve["step"], curve["p"], window), 5), "auc_steps": window, "curve": curve}
+           "auc": sig(curve_auc(curve["step"], curve["p"], window)), "auc_steps": window, "curve": curve}
     if curve["p_paper"][0] is None:
         del curve["p_paper"]
     else:
-        out["auc_paper"] = round(curve_auc(curve["step"], curve["p_paper"], window), 5)
+        out["auc_paper"] = sig(curve_auc(curve["step"], curve["p_paper"], window))
     return out
 
 
