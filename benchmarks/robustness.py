@@ -1,193 +1,212 @@
-"""Forgetting that survives attacks: every method against the same attacks, over seeds, as ratios to retraining.
+"""Forgetting that survives attacks: every method against the same attacks, per relearning lr and k, as ratios to
+retraining, measured as cells (benchmarks/cells.py) of the table benchmarks/results/robustness/.
 
-    python benchmarks/robustness.py --work runs/robustness --arch linear --epochs 20 --lr 3e-3 --forget 2 \
-        --seeds 1 2 --out benchmarks/results/robustness_linear_forget2
+    python benchmarks/robustness.py --arch linear --forget 2 --seeds 1 2 3 --work runs/robustness
+    python benchmarks/robustness.py --dry-run          # the cells, and which are done
 
-For each seed (the baseline's and the unlearning's seed) and method (original θ*, sa, retrain, dampen, noise): one
-``scripts/unlearn.py`` run in ``--work`` (reused when finished), then the attacks of ``sa_dist.attacks`` on its model:
-relearning on k real forgotten-class images at every lr of ``--lrs`` (steps to P >= 0.5 per lr, and at the
-attacker's best lr), retain-only relearning (the largest P(c_f) while fine-tuning on the other classes),
-condition and joint inversion, L2 / Fisher distance from θ* and the loss barrier on the line θ* -> θ (forgotten-class
-test images). Quality bars: P(c_f), retained sample accuracy and retained test nELBO against θ*'s; cost: the method's
-own seconds (Fisher + unlearning) over retraining's. Seeds are combined into mean and [min, max]; each seed's numbers
-are kept in --work (robustness-ARCH-seedS.json; delete them to re-measure). Writes PREFIX.json,
-PREFIX.md and PREFIX.png (the frontier: cost vs relearning ratio vs quality) and prints the table.
+For every architecture, forget set, seed (the baseline's and the unlearning's, like sweep --seeds) and method spec
+(``NAME`` or ``NAME:key=value,...`` with ``sa.*`` keys of the run config, so an alpha sweep is cells too), cells:
+
+* ``unlearn``: one ``run_unlearn`` into ``--work/<model>-<hash>/`` (``original``: θ* itself, evaluated): P(c_f),
+  retained sample accuracy and test nELBO against θ*'s, seconds (Fisher and the method's own);
+* ``relearn-kK`` for every K of ``--k``: fine-tuning on K real images of the class (0: retained classes only) at
+  every lr of ``--lrs``: steps to P >= 0.5 and the area under the P curve, both judges (``sa_dist.attacks``);
+* ``weights``: L2 and Fisher distance from θ* and the loss barrier; ``invert``: condition inversion (unless
+  ``--restarts 0``).
+
+A cell is keyed by everything that shapes it (the full run config, the attack settings, the evaluator's and the
+paper classifier's fingerprints), written as it finishes and skipped when rerun with the same hash; the table
+(OUT.md, .json, .png) is rendered from the cells alone (``robustness_table.py``).
 """
-import argparse
+from __future__ import annotations
+
 import json
-import math
+import shutil
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from sa_dist.analysis.plots import save_png, subplots
-from sa_dist.attacks.suite import AttackConfig, run_invert, run_relearn, run_retain, run_weights, summary
+from cells import Table, config_hash
+from robustness_plan import ATTACK_FLAGS, TABLE, BenchConfig, Cell, attack_config, plan, run_config
+from robustness_table import frontier, render
+from sa_dist.attacks.relearn import Judges
+from sa_dist.attacks.suite import AttackConfig, run_invert, run_relearn, run_weights
 from sa_dist.cache import get_baseline, get_fisher
 from sa_dist.checkpoint import load_checkpoint
-from sa_dist.config import RunConfig, validate, with_values
-from sa_dist.evaluation.evaluator import get_evaluator
-from sa_dist.pipeline import run_unlearn
+from sa_dist.cli.flags import Parser, add_flags, dataclass_from_args, flagged_fields, run_main
+from sa_dist.evaluation.evaluator import evaluator_fingerprint, evaluator_path, get_evaluator
+from sa_dist.evaluation.paper import get_paper_classifier, paper_classifier_path, paper_fingerprint
+from sa_dist.pipeline import evaluate_run, run_unlearn
 from sa_dist.runtime import make_accelerator
-from sa_dist.utils import atomic_write_text, write_json
-
-METHODS = ("original", "sa", "retrain", "dampen", "noise")
+from sa_dist.utils import UsageError
 
 
-def unlearn(cfg: RunConfig, method: str, run_dir: Path, accelerator) -> dict:
-    if not (run_dir / "results.json").is_file():
-        run_unlearn(with_values(cfg, {"sa.method": method}), run_dir=str(run_dir), accelerator=accelerator)
-    return json.loads((run_dir / "results.json").read_text())
+# ---- measuring --------------------------------------------------------------------------------------------------
+
+@dataclass
+class Context:
+    b: BenchConfig
+    accelerator: object
+    judges: Judges
 
 
-def quality(res: dict, forget: list[int], when: str = "after") -> dict:
-    s, b = res["summary"][when], res["summary"]["before"]
+def quality(res: dict) -> dict:
+    """The quality bars' numbers of a results.json (or ``evaluate_run``) dict, the unlearned model against θ*."""
+    s, b = res["summary"]["after"], res["summary"]["before"]
     return {"p_forgotten": max(s["forgotten_p_class"].values()), "retained_acc": s["retained_sample_acc"],
             "retained_acc_drop_pts": 100 * (b["retained_sample_acc"] - s["retained_sample_acc"]),
-            "retained_nelbo_rise_pct": 100 * (s["retained_test_nelbo"] / b["retained_test_nelbo"] - 1),
-            "p_ideal": max(res["surrogate"]["ideal"]["p_class"].values())}
+            "retained_nelbo_rise_pct": 100 * (s["retained_test_nelbo"] / b["retained_test_nelbo"] - 1)}
 
 
-def one_seed(args, seed: int, accelerator, evaluator) -> dict:
-    cfg = validate(with_values(RunConfig(), {"model.arch": args.arch, "train.epochs": args.epochs,
-                                             "train.seed": seed, "sa.forget": args.forget,
-                                             **({"train.lr": args.lr} if args.lr else {})}))
-    models, rows = {}, {}
-    for m in args.methods:
-        if m == "original":
-            continue
-        res = unlearn(cfg, m, args.work / f"{args.arch}-{m}-seed{seed}", accelerator)
-        models[m] = (load_checkpoint(args.work / f"{args.arch}-{m}-seed{seed}" / "unlearned.safetensors")[0], m)
-        t = res["timing_s"]
-        rows[m] = {**quality(res, args.forget), "seconds": (t["fisher"] or 0) + t["unlearn"]}
-        rows.setdefault("original", {**quality(res, args.forget, "before"), "seconds": 0.0})
-    original, info = get_baseline(cfg, accelerator)
-    models = {"original": (original, "baseline"), **models} if "original" in args.methods else models
-    fisher = get_fisher(cfg, original, info["key"], accelerator)[0]
-    a = AttackConfig(relearn_k=args.k, relearn_lr=args.lrs, relearn_steps=args.relearn_steps,
-                     retain_steps=args.retain_steps, invert_restarts=args.restarts, invert_steps=args.invert_steps,
-                     relearn_samples=args.samples, seed=seed)
-    target, dev = args.forget[0], accelerator.device
-    attacks = {"relearn": run_relearn(models, evaluator, cfg, a, target, dev),
-               "retain": run_retain(models, evaluator, cfg, a, target, dev),
-               "invert": run_invert(models, evaluator, a, target, dev, None),
-               "weights": run_weights(models, original, fisher, cfg, a, target)}
-    table = summary(attacks)
-    for m, row in rows.items():
-        row.update({k: v for k, v in table.get(m, {}).items() if k != "vs_retrain"})
-        for k in args.k:
-            for lr, r in attacks["relearn"]["models"][m][f"k{k}"]["by_lr"].items():
-                row[f"relearn_steps_k{k}_lr{lr}"] = r["steps_to_threshold"]
-    ref = rows.get("retrain", {}).get("seconds")
-    for row in rows.values():
-        row["cost_vs_retrain"] = row["seconds"] / ref if ref else None
-    return {"rows": rows, "attacks": attacks, "baseline_key": info["key"]}
+def run_dir(ctx: Context, cell: Cell) -> Path:
+    """The unlearning run of ``cell``'s model: named by its unlearn cell and that cell's hash."""
+    unlearn = cell.config if cell.kind == "unlearn" else cell.config["unlearn"]
+    return Path(ctx.b.work) / f"{cell.unit_name}-{config_hash(unlearn)}"
 
 
-def combine(per_seed: list[dict], methods) -> dict:
-    """Per method and number: mean, min, max over seeds (None values, e.g. never relearned, are counted apart), and
-    each mean over retrain's mean (``ratio``)."""
-    out = {}
-    for m in methods:
-        keys = [k for k in per_seed[0]["rows"][m]]
-        out[m] = {}
-        for k in keys:
-            vals = [s["rows"][m].get(k) for s in per_seed]
-            nums = [v for v in vals if isinstance(v, (int, float))]
-            out[m][k] = {"mean": sum(nums) / len(nums) if nums else None, "min": min(nums, default=None),
-                         "max": max(nums, default=None), "missing": len(vals) - len(nums), "values": vals}
-    for m in methods:
-        for k, v in out[m].items():
-            ref = out.get("retrain", {}).get(k, {}).get("mean")
-            v["ratio"] = v["mean"] / ref if v["mean"] is not None and ref else None
-    return out
+def finished_run(ctx: Context, cell: Cell) -> tuple[dict, bool]:
+    """(results.json, made before this cell): the unit's unlearning run, made now when missing (resumed from its
+    saved state when interrupted; a half-made folder without one is ours, named by hash, and started afresh)."""
+    path = run_dir(ctx, cell)
+    if (path / "results.json").is_file():
+        return json.loads((path / "results.json").read_text()), True
+    resume = (path / "state").is_dir() and (path / "config.yaml").is_file()
+    if path.exists() and not resume:
+        shutil.rmtree(path)
+    run_unlearn(run_config(ctx.b, cell.unit), run_dir=str(path), accelerator=ctx.accelerator, resume=resume)
+    return json.loads((path / "results.json").read_text()), resume
 
 
-COLUMNS = [("relearn_steps_k10", "k=10 steps (best lr)"), ("relearn_steps_k100", "k=100 steps (best lr)"),
-           ("retain_max_p", "retain-only max P"), ("invert_onehot_best_p", "onehot inversion best P"),
-           ("invert_free_best_p", "free inversion best P"), ("l2", "L2 from θ*"), ("fisher_distance", "Fisher dist."),
-           ("barrier", "barrier (nats)"), ("p_forgotten", "P(c_f)"), ("retained_acc", "retained acc"),
-           ("retained_nelbo_rise_pct", "retained nELBO vs θ* (%)"), ("cost_vs_retrain", "cost / retrain")]
+def measure_unlearn(ctx: Context, cell: Cell) -> dict:
+    cfg = run_config(ctx.b, cell.unit)
+    if cell.unit.spec == "original":
+        model, info = get_baseline(cfg, ctx.accelerator)
+        metrics, _ = evaluate_run(cfg, model, model, ctx.accelerator.device)
+        return {"quality": quality(metrics), "seconds": {"fisher": 0.0, "method": 0.0}, "baseline_key": info["key"]}
+    res, before = finished_run(ctx, cell)
+    t = res["timing_s"]
+    return {"quality": quality(res), "seconds": {"fisher": t["fisher"] or 0.0, "method": t["unlearn"]},
+            "cached": {"fisher": t["fisher_cached"], "method": t["unlearn_cached"]}, "run_made_before": before,
+            "run_dir": str(run_dir(ctx, cell)), "baseline_key": res["baseline"]["key"],
+            "method_info": res.get("method_info")}
 
 
-def fmt(v: dict, ratio: bool) -> str:
-    if v is None or v["mean"] is None:
-        return "never" if v and v["missing"] else "-"
-    cell = f"{v['mean']:.3g} [{v['min']:.3g}, {v['max']:.3g}]" + (f" +{v['missing']} never" if v["missing"] else "")
-    return cell + (f" ({v['ratio']:.2f}×)" if ratio and v.get("ratio") is not None else "")
+def model_of(ctx: Context, cell: Cell):
+    """The unit's model: θ* from the cache, or its unlearning run's (made again when --work lost it: seeded)."""
+    cfg = run_config(ctx.b, cell.unit)
+    if cell.unit.spec == "original":
+        return get_baseline(cfg, ctx.accelerator)[0]
+    finished_run(ctx, cell)
+    return load_checkpoint(run_dir(ctx, cell) / "unlearned.safetensors", expect=cfg.model)[0]
 
 
-def markdown(comb: dict, args) -> str:
-    head = "| method | " + " | ".join(t for _, t in COLUMNS) + " |"
-    lines = [head, "|" + " --- |" * (len(COLUMNS) + 1)]
-    for m, row in comb.items():
-        cells = [fmt(row.get(k), k.startswith(("relearn", "l2", "fisher", "barrier"))) for k, _ in COLUMNS]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "Steps to relearn, per lr (mean over seeds; k=10 / k=100):", "",
-              "| method | " + " | ".join(f"lr {lr:g}" for lr in args.lrs) + " |", "|" + " --- |" * (len(args.lrs) + 1)]
-    for m, row in comb.items():
-        cells = [" / ".join(fmt(row.get(f"relearn_steps_k{k}_lr{lr:g}"), False) for k in args.k) for lr in args.lrs]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+def measure_relearn(ctx: Context, cell: Cell) -> dict:
+    cfg, a = run_config(ctx.b, cell.unit), attack_config(ctx.b, cell.unit.seed, cell.k)
+    block = run_relearn({"m": (model_of(ctx, cell), cell.unit.spec)}, ctx.judges, cfg, a, cell.unit.forget[0],
+                        ctx.accelerator.device)
+    return block["models"]["m"][f"k{cell.k}"]
 
 
-def frontier(comb: dict, path: Path):
-    fig, axes = subplots(1, 2, figsize=(10, 4))
-    for m, row in comb.items():
-        y = (row["relearn_steps_k10"]["ratio"] or 0, row["relearn_steps_k100"]["ratio"] or 0)
-        for ax, xkey in zip(axes, ("cost_vs_retrain", "retained_nelbo_rise_pct")):
-            x = row[xkey]["mean"]
-            ax.scatter([x, x], y, marker="o", label=m)
-            ax.annotate(m, (x, y[0]), fontsize=8)
-    axes[0].set(xlabel="cost / retraining", ylabel="relearning steps / retrain's (k=10, k=100; best lr)")
-    axes[1].set(xlabel="retained test nELBO vs θ* (%)", ylabel="relearning steps / retrain's")
-    for ax in axes:
-        ax.axhline(1.0, color="grey", ls="--", lw=1)
-    axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    save_png(fig, path)
+def measure_weights(ctx: Context, cell: Cell) -> dict:
+    base = run_config(ctx.b, cell.unit, with_spec=False)  # every method is measured in θ*'s one Fisher
+    original, info = get_baseline(base, ctx.accelerator)
+    fisher = get_fisher(base, original, info["key"], ctx.accelerator)[0]
+    models = {"m": (model_of(ctx, cell), cell.unit.spec)}
+    return run_weights(models, original, fisher, base, attack_config(ctx.b, cell.unit.seed), cell.unit.forget[0])[
+        "models"]["m"]
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, required=True, help="folder of the unlearning runs (reused when finished)")
-    p.add_argument("--methods", nargs="+", default=list(METHODS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    p.add_argument("--arch", default="conv")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--lr", type=float, help="baseline training lr (default TrainConfig's)")
-    p.add_argument("--forget", nargs="+", type=int, default=[2])
-    p.add_argument("--lrs", nargs="+", type=float, default=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2])
-    p.add_argument("--k", nargs="+", type=int, default=[10, 100])
-    p.add_argument("--relearn-steps", type=int, default=500)
-    p.add_argument("--retain-steps", type=int, default=100)
-    p.add_argument("--restarts", type=int, default=64)
-    p.add_argument("--invert-steps", type=int, default=200)
-    p.add_argument("--samples", type=int, default=1000, help="samples scored per relearning step")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", help="PREFIX of PREFIX.json, .md, .png")
-    args = p.parse_args()
-    if "retrain" not in args.methods:
-        p.error("--methods needs retrain (every number is a ratio to it)")
-    torch.set_num_threads(args.threads)
-    accelerator = make_accelerator(cpu=True, mixed_precision="no")
-    evaluator, _ = get_evaluator(accelerator)
-    per_seed = []
-    for seed in args.seeds:  # each seed's numbers are kept in --work, so an interrupted benchmark resumes
-        path = args.work / f"robustness-{args.arch}-seed{seed}.json"
-        if not path.is_file():
-            write_json(path, one_seed(args, seed, accelerator, evaluator))
-        per_seed.append(json.loads(path.read_text()))
-    comb = combine(per_seed, args.methods)
-    result = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-              "combined": comb, "per_seed": {str(s): r["rows"] for s, r in zip(args.seeds, per_seed)},
-              "attacks": {str(s): r["attacks"] for s, r in zip(args.seeds, per_seed)}}
-    md = markdown(comb, args)
-    if args.out:
-        write_json(f"{args.out}.json", result)
-        atomic_write_text(f"{args.out}.md", md)
-        frontier(comb, Path(f"{args.out}.png"))
-    print(md)
+def measure_invert(ctx: Context, cell: Cell) -> dict:
+    models = {"m": (model_of(ctx, cell), cell.unit.spec)}
+    return run_invert(models, ctx.judges.evaluator, attack_config(ctx.b, cell.unit.seed), cell.unit.forget[0],
+                      ctx.accelerator.device, None)["models"]["m"]
+
+
+MEASURE = {"unlearn": measure_unlearn, "relearn": measure_relearn, "weights": measure_weights,
+           "invert": measure_invert}
+
+
+# ---- the command ------------------------------------------------------------------------------------------------
+
+def fingerprints(limit: int | None, missing_ok: bool = False) -> dict:
+    """The evaluator's and the paper classifier's ``{"version", "sha256"}``; None each when not trained yet and
+    ``missing_ok`` (a dry run trains nothing)."""
+    if missing_ok and not (evaluator_path(0, limit).is_file() and paper_classifier_path(0, limit).is_file()):
+        return {"evaluator": None, "paper": None}
+    return {"evaluator": evaluator_fingerprint(limit=limit), "paper": paper_fingerprint(limit=limit)}
+
+
+def parse_args(argv=None) -> BenchConfig:
+    p = Parser(description=__doc__.splitlines()[0])
+    add_flags(p, flagged_fields(BenchConfig))
+    add_flags(p, [f for f in flagged_fields(AttackConfig) if f[0] in ATTACK_FLAGS])
+    args = p.parse_args(argv)
+    b = dataclass_from_args(BenchConfig, args)
+    b.attack = dataclass_from_args(AttackConfig, args)
+    a = b.attack
+    if min(b.lrs) <= 0 or min(b.k) < 0 or min(b.seeds) < 0 or b.threads < 1 or (b.limit is not None and b.limit < 1):
+        p.error("--lrs must be > 0, --k and --seeds >= 0, --threads and --limit >= 1")
+    if min(a.relearn_steps, a.relearn_samples, a.auc_steps, a.retain_steps, a.retain_batch, a.invert_steps,
+           a.weights_points - 1) < 1 or a.invert_restarts < 0:
+        p.error("the attack settings must be >= 1 (--restarts >= 0, --weights-points >= 2)")
+    return b
+
+
+def dry_run(table: Table, cells: list[Cell], fps: dict, log=print) -> list[bool]:
+    """Print every cell and whether it is done; returns the done marks."""
+    if fps["evaluator"] is None:
+        log("the evaluator (or the paper classifier) is not trained yet: no cell can be done")
+    done = [fps["evaluator"] is not None and table.get(c.name, c.config) is not None for c in cells]
+    for cell, d in zip(cells, done):
+        log(f"{'done ' if d else 'to do'}  {cell.name}")
+    log(f"{sum(done)} of {len(cells)} cells done ({table.cells_dir})")
+    return done
+
+
+def measure_all(ctx: Context, table: Table, cells: list[Cell], log=print) -> list[str]:
+    """Every cell not done yet, written as it finishes; a cell that fails with a user error is reported and the
+    others still run. Returns the failures."""
+    failures = []
+    for cell in cells:
+        try:
+            table.measure(cell.name, cell.config, lambda cell=cell: MEASURE[cell.kind](ctx, cell),
+                          own_threads=ctx.b.threads, log=log)
+        except UsageError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- a failed cell writes nothing; the next one may still work
+            log(f"[{table.name}] {cell.name} failed: {type(e).__name__}: {e}")
+            failures.append(cell.name)
+    return failures
+
+
+def write_table(table: Table, b: BenchConfig, cells: list[Cell], fps: dict) -> str:
+    """OUT.json, .md and .png from the cells on disk alone; returns the markdown."""
+    data, md = render([(c, table.get(c.name, c.config)) for c in cells], b, fps)
+    table.write(b.out, data, md)
+    frontier(data, table.dir / f"{b.out}.png")
+    return md
+
+
+def main(argv=None):
+    b = parse_args(argv)
+    plan(b, {"evaluator": None, "paper": None})  # every spec and --set value checked before anything runs
+    torch.set_num_threads(b.threads)
+    table = Table(TABLE, Path(b.results), commit=b.commit)
+    if b.dry_run:
+        fps = fingerprints(b.limit, missing_ok=True)
+        dry_run(table, plan(b, fps), fps)
+        return
+    accelerator = make_accelerator(cpu=True, mixed_precision="no", threads=b.threads)
+    judges = Judges(get_evaluator(accelerator, limit=b.limit)[0], get_paper_classifier(accelerator, limit=b.limit)[0])
+    fps = fingerprints(b.limit)
+    cells = plan(b, fps)
+    failures = measure_all(Context(b, accelerator, judges), table, cells)
+    print(write_table(table, b, cells, fps))
+    if failures:
+        sys.exit(f"error: {len(failures)} cell(s) failed: {', '.join(failures)}")
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -15,7 +15,7 @@ from .data import data_checksum
 from .fisher import diag_fisher
 from .runtime import main_decides, memory_guard
 from .train import train_baseline
-from .utils import cache_root, stable_hash
+from .utils import UserError, cache_root, stable_hash
 
 
 def cached_everywhere(accelerator, path: Path) -> bool:
@@ -64,11 +64,23 @@ def get_baseline(cfg, accelerator, checkpoint: str | None = None, exclude: tuple
         if exclude and "forget" not in meta and accelerator.is_main_process:  # cached before it recorded them
             save_baseline(path, model, history, seconds, cfg, exclude)
         return model, {"key": key, "seconds": seconds, "cached": True, "history": history}
+    check_precision(cfg, accelerator, key, exclude)
     model, history, seconds = train_baseline(cfg, accelerator, path.parent / "tensorboard", exclude, ckpt)
     if accelerator.is_main_process:
         save_baseline(path, model, history, seconds, cfg, exclude)
     accelerator.wait_for_everyone()
     return model, {"key": key, "seconds": seconds, "cached": False, "history": history}
+
+
+def check_precision(cfg, accelerator, key: str, exclude: tuple[int, ...]) -> None:
+    """A model trained now is cached under a key that names ``cfg.mixed_precision``: refuse (one line) to train it
+    with an accelerator of another precision, which would store, say, a float32 model under a bf16 key."""
+    runs = getattr(accelerator, "mixed_precision", "no")
+    if runs != cfg.mixed_precision:
+        what = f"the model retrained without {sorted(set(exclude))}" if exclude else "the baseline"
+        raise UserError(f"{what} (cache key {key}) is not cached and must be trained in mixed precision "
+                        f"{cfg.mixed_precision!r}, but this process runs {runs!r} (fp16 needs a GPU): train it "
+                        f"where {cfg.mixed_precision!r} runs, or pass the model as a checkpoint")
 
 
 def fisher_key(cfg, base_key: str) -> str:

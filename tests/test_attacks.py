@@ -1,17 +1,16 @@
 """Relearning, condition inversion and the latent probe (sa_dist.attacks) and scripts/attack.py, on tiny budgets."""
 import copy
 import json
+import math
 
 import pytest
 import torch
-
-import math
 
 from conftest import LIMIT, run_script, sa_config
 from sa_dist.amnesia import reset_label_inputs, selective_amnesia
 from sa_dist.attacks.invert import invert
 from sa_dist.attacks.probe import probe
-from sa_dist.attacks.relearn import p_target, relearn, schedule
+from sa_dist.attacks.relearn import Judges, p_target, relearn, schedule
 from sa_dist.cli.flags import Parser, add_config_args, config_from_args
 from sa_dist.data import load_mnist
 from sa_dist.evaluation.evaluator import get_evaluator
@@ -20,7 +19,7 @@ from sa_dist.models import ModelConfig, build_model
 
 TINY = ["--arch", "linear", "--width", "64", "--epochs", "1", "--limit", str(LIMIT), "--n-fisher", "500",
         "--sa_epochs", "1", "--n-replay", "1024", "--eval-samples", "50"]
-TINY_ATTACK = ["--relearn-k", "5", "10", "--relearn-steps", "4", "--relearn-samples", "50", "--restarts", "4",
+TINY_ATTACK = ["--relearn-k", "0", "5", "10", "--relearn-steps", "4", "--relearn-samples", "50", "--restarts", "4",
                "--invert-steps", "3", "--probe-n", "500", "--relearn-lr", "3e-4", "3e-3", "--retain-steps", "3",
                "--retain-batch", "16", "--weights-points", "3"]
 
@@ -46,9 +45,11 @@ def test_relearn_stops_at_step_0_when_the_class_is_there_and_raises_p(tiny_basel
     before = {k: v.clone() for k, v in model.state_dict().items()}
     z = torch.randn(200, model.z_dim, generator=torch.Generator().manual_seed(0))
     p0 = p_target(model, evaluator, z, 2)
-    r = relearn(model, evaluator, _twos(20), 2, steps=30, n_samples=200, threshold=p0, seed=0)
+    kw = {"n_samples": 200, "auc_steps": 100, "seed": 0}
+    r = relearn(model, Judges(evaluator), _twos(20), 2, steps=30, lr=5e-4, threshold=p0, **kw)
     assert r["steps_to_threshold"] == 0 and r["curve"]["step"] == [0] and r["final_p"] == pytest.approx(p0, abs=1e-4)
-    r = relearn(model, evaluator, _twos(20), 2, steps=12, lr=2e-3, n_samples=200, threshold=1.01, seed=0)
+    assert r["auc"] == pytest.approx(p0, abs=1e-4) and r["auc_steps"] == 30  # held at P(0) over the whole window
+    r = relearn(model, Judges(evaluator), _twos(20), 2, steps=12, lr=2e-3, threshold=1.01, **kw)
     assert r["steps_to_threshold"] is None and r["curve"]["step"] == schedule(12) and r["steps_run"] == 12
     assert r["final_p"] > r["curve"]["p"][0] + 0.05  # fine-tuning on real 2s brings 2s back
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the model is untouched
@@ -100,15 +101,25 @@ def test_attack_script_writes_all_three_side_by_side_and_merges(tiny_run):
     models = ["original", "unlearned", "retrain"]
     for kind in kinds:
         assert list(a[kind]["models"]) == models
-    assert set(a["relearn"]["models"]["retrain"]) == {"k5", "k10"}
+    assert set(a["relearn"]["models"]["retrain"]) == {"k0", "k5", "k10"}
+    k0 = a["relearn"]["models"]["unlearned"]["k0"]["by_lr"]["0.003"]  # retained classes only, scored the same way
+    assert k0["k"] == 0 and k0["batch"] == 16 and k0["curve"]["step"][-1] <= 3 and "auc" in k0
     k10 = a["relearn"]["models"]["unlearned"]["k10"]
-    assert k10["curve"]["step"][0] == 0 and set(k10["by_lr"]) == {"0.0003", "0.003"} and k10["best_lr"] in (3e-4, 3e-3)
+    assert set(k10["by_lr"]) == {"0.0003", "0.003"} and k10["best_lr"] in (3e-4, 3e-3)
+    for r in k10["by_lr"].values():  # both judges at every scored step
+        assert r["curve"]["step"][0] == 0 and len(r["curve"]["p_paper"]) == len(r["curve"]["p"])
+        assert 0 <= r["auc"] <= 1 and 0 <= r["auc_paper"] <= 1
     assert set(a["invert"]["models"]["original"]) == {"free", "plausible", "simplex", "onehot"}
     w = a["weights"]["models"]
     assert w["original"]["l2"] == 0 and w["unlearned"]["l2"] > 0 and w["unlearned"]["fisher"] > 0
     assert a["retain"]["models"]["retrain"]["curve"]["step"][-1] == 3
     assert list(a["summary"]) == models and "probe_auc_all_labels" in a["summary"]["retrain"]
-    assert a["summary"]["retrain"]["vs_retrain"]["l2"] == 1.0
+    s = a["summary"]
+    assert s["unlearned"]["vs_retrain"]["l2"] == pytest.approx(w["unlearned"]["l2"] / w["retrain"]["l2"])
+    for lr in ("0.0003", "0.003"):  # relearning's ratios are retrain's AUC over the model's, per lr
+        got = s["unlearned"]["relearn_vs_retrain"]["by_k"]["k10"]["by_lr"][lr]["auc"]
+        mine, ref = k10["by_lr"][lr]["auc"], a["relearn"]["models"]["retrain"]["k10"]["by_lr"][lr]["auc"]
+        assert mine > 0 and got == pytest.approx(ref / mine)
     for rel in (a["invert"]["grid"], a["relearn"]["curve_plot"]):
         assert not rel.startswith("/") and (tiny_run / rel).stat().st_size > 1000
     old_probe = a["probe"]

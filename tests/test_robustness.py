@@ -1,26 +1,36 @@
-"""The robustness pieces on toys and tiny budgets: the relearning lr grid, retain-only relearning, inversion label
-modes, weight-space distances and the loss barrier, the class Fisher, and the dampen and noise methods."""
+"""The robustness pieces on toys and tiny budgets: the relearning lr grid, retain-only relearning (k = 0), inversion
+label modes, weight-space distances and the loss barrier, the class Fisher, and the dampen and noise methods; the
+comparison with retrain (AUC, per-lr ratios, their minimum), merging attack blocks, the cache's precision rule."""
+import json
+
 import pytest
 import torch
 import torch.nn as nn
 
+from accelerate.state import AcceleratorState
+
 from conftest import LIMIT, sa_config
 from sa_dist.attacks import relearn as relearn_mod
+from sa_dist.attacks.compare import auc_ratio, curve_auc, grid_ratios, steps_ratio
 from sa_dist.attacks.invert import invert
-from sa_dist.attacks.relearn import best_of, relearn_grid, schedule
+from sa_dist.attacks.relearn import Judges, best_of, relearn, relearn_grid, schedule
 from sa_dist.attacks.retain import retain_relearn
-from sa_dist.attacks.suite import summary
+from sa_dist.attacks.suite import AttackConfig, attack_accelerator, merge_results, run_relearn, summary
+from sa_dist.cache import baseline_key, baseline_path, get_baseline
 from sa_dist.attacks.weights import barrier, fisher_distance, l2_distance, path_losses
 from sa_dist.cli.flags import Parser, add_config_args, config_from_args
+from sa_dist.config import with_values
 from sa_dist.data import load_mnist
 from sa_dist.evaluation.evaluator import get_evaluator
+from sa_dist.evaluation.paper import PaperClassifier
 from sa_dist.fisher import class_fisher, diag_fisher, fisher_batch
 from sa_dist.methods import Context, get_method, method_names
 from sa_dist.methods import noise as noise_method
 from sa_dist.methods.dampen import dampen
 from sa_dist.methods.noise import perturb
 from sa_dist.models import ModelConfig, build_model
-from sa_dist.utils import UsageError
+from sa_dist.runtime import make_accelerator
+from sa_dist.utils import UsageError, UserError
 
 
 @pytest.fixture(scope="module")
@@ -28,39 +38,59 @@ def evaluator():
     return get_evaluator(None, limit=LIMIT)[0]
 
 
-def _result(steps, p):
-    return {"steps_to_threshold": steps, "final_p": p, "curve": {"step": [0], "p": [p]}}
+def _result(steps, auc=0.5, p=0.6, run=100):
+    """A hand-made relearning result: ``steps`` to the threshold (None: never, after ``run`` steps), its AUC."""
+    return {"steps_to_threshold": steps, "final_p": p, "auc": auc, "steps_run": run if steps is None else steps,
+            "curve": {"step": [0], "p": [p]}}
 
 
 def test_best_lr_is_the_fewest_steps_then_the_highest_p():
-    assert best_of({"0.0003": _result(40, 0.6), "0.003": _result(3, 0.55), "0.03": _result(None, 0.1)}) == "0.003"
-    assert best_of({"0.0003": _result(None, 0.2), "0.003": _result(None, 0.4)}) == "0.003"
-    assert best_of({"0.0003": _result(5, 0.6), "0.003": _result(5, 0.9)}) == "0.0003"  # a tie: the earlier lr
+    assert best_of({"0.0003": _result(40, p=0.6), "0.003": _result(3, p=0.55), "0.03": _result(None, p=0.1)}) == "0.003"
+    assert best_of({"0.0003": _result(None, p=0.2), "0.003": _result(None, p=0.4)}) == "0.003"
+    assert best_of({"0.0003": _result(5, p=0.6), "0.003": _result(5, p=0.9)}) == "0.0003"  # a tie: the earlier lr
 
 
-def test_relearn_grid_reports_every_lr_and_the_best_on_a_toy(tiny_baseline, evaluator):
+def test_relearn_grid_reports_every_lr_on_a_toy_with_both_judges(tiny_baseline, evaluator):
     x, y = load_mnist(True, limit=LIMIT)
     model = tiny_baseline[0]
     z = torch.randn(50, model.z_dim, generator=torch.Generator().manual_seed(0))
     p0 = relearn_mod.p_target(model.eval(), evaluator, z, 2)
-    r = relearn_grid(model, evaluator, x[y == 2][:10], 2, [1e-7, 3e-3], steps=10, n_samples=50,
-                     threshold=min(p0 + 0.05, 0.99), seed=0)
+    torch.manual_seed(0)
+    judges = Judges(evaluator, PaperClassifier().eval())  # an untrained paper classifier: the plumbing, not its P
+    kw = {"steps": 10, "n_samples": 50, "auc_steps": 100, "threshold": min(p0 + 0.05, 0.99), "seed": 0}
+    r = relearn_grid(lambda lr: relearn(model, judges, x[y == 2][:10], 2, lr=lr, **kw), [1e-7, 3e-3])
     assert set(r["by_lr"]) == {"1e-07", "0.003"} and r["best_lr"] == 0.003  # a tiny lr cannot move P
-    threshold, steps, curve = min(p0 + 0.05, 0.99), r["steps_to_threshold"], r["curve"]  # the best lr's run
+    threshold = min(p0 + 0.05, 0.99)
+    steps, curve = r["by_lr"]["0.003"]["steps_to_threshold"], r["by_lr"]["0.003"]["curve"]
     assert steps in schedule(10) and curve["step"][-1] == steps  # it stopped at a scored step ...
     assert curve["p"][-1] >= threshold - 1e-5  # ... where P reached the threshold (the curve rounds to 1e-5) ...
     assert all(p < threshold for p in curve["p"][:-1])  # ... and not before: the first such step
-    assert r["by_lr"]["1e-07"]["steps_to_threshold"] is None
+    slow, fast = r["by_lr"]["1e-07"], r["by_lr"]["0.003"]
+    assert slow["steps_to_threshold"] is None and fast["steps_to_threshold"] is not None
+    assert fast["auc"] > slow["auc"] and slow["auc_steps"] == 10  # the window is cut to the budget
+    assert len(fast["curve"]["p_paper"]) == len(fast["curve"]["p"]) and fast["curve"]["p_paper"] != fast["curve"]["p"]
+    assert all(0 <= q <= 1 for q in fast["curve"]["p_paper"]) and "auc_paper" in fast
+    assert "p_paper" not in relearn(model, Judges(evaluator), x[y == 2][:10], 2, steps=1, lr=1e-3, n_samples=20,
+                                    threshold=1.1, auc_steps=100, seed=0)["curve"]  # no paper classifier: no curve
 
 
-def test_summary_gives_ratios_to_retrain():
-    attacks = {"relearn": {"models": {name: {"k10": {"steps_to_threshold": s, "best_lr": 0.003}}
-                                      for name, s in (("original", 0), ("unlearned", 6), ("retrain", 12))}},
+def test_summary_gives_ratios_to_retrain_per_lr_and_the_minimum():
+    def grid(steps, aucs):  # k10 at lrs 0.001, 0.01
+        return {"k10": {"best_lr": 0.01, "by_lr": {lr: _result(s, a) for lr, s, a in zip(("0.001", "0.01"), steps,
+                                                                                             aucs)}}}
+    attacks = {"relearn": {"models": {"original": grid((0, 0), (0.9, 0.9)), "unlearned": grid((30, 6), (0.2, 0.5)),
+                                      "retrain": grid((60, 24), (0.1, 0.25))}},
                "weights": {"models": {name: {"l2": l2, "fisher": 1.0, "barrier": 0.0}
                                       for name, l2 in (("unlearned", 10.0), ("retrain", 25.0))}}}
     rows = summary(attacks)
-    assert rows["unlearned"]["vs_retrain"]["relearn_steps_k10"] == 0.5
+    assert rows["unlearned"]["relearn_steps_k10_lr0.01"] == 6 and rows["unlearned"]["relearn_auc_k10_lr0.001"] == 0.2
+    g = rows["unlearned"]["relearn_vs_retrain"]
+    assert g["by_k"]["k10"]["by_lr"]["0.001"] == {"steps": {"ratio": 0.5, "bound": "="}, "auc": 0.5}
+    assert g["by_k"]["k10"]["by_lr"]["0.01"] == {"steps": {"ratio": 0.25, "bound": "="}, "auc": 0.5}
+    assert g["min_steps"] == {"ratio": 0.25, "bound": "=", "k": "k10", "lr": "0.01"}  # the attacker's best case
+    assert rows["original"]["relearn_vs_retrain"]["min_steps"]["ratio"] == 0.0
     assert rows["unlearned"]["vs_retrain"]["l2"] == 0.4 and rows["retrain"]["vs_retrain"]["barrier"] is None
+    assert "relearn_steps_k10_lr0.01" not in rows["unlearned"]["vs_retrain"]  # relearning has its own ratios
 
 
 def _pair():
@@ -102,14 +132,30 @@ def test_retain_attack_runs_tiny_and_never_sees_the_target(tiny_baseline, evalua
     x, y = load_mnist(True, limit=LIMIT)
     model = tiny_baseline[0]
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    r = retain_relearn(model, evaluator, x, y, 2, steps=4, batch=16, n_samples=50, seed=0)
-    assert r["curve"]["step"] == schedule(4) and r["p_start"] == r["curve"]["p"][0]
+    kw = {"batch": 16, "lr": 5e-4, "n_samples": 50, "threshold": 1.1, "auc_steps": 100, "seed": 0}
+    r = retain_relearn(model, Judges(evaluator), x, y, 2, steps=4, stop=False, **kw)
+    assert r["curve"]["step"] == schedule(4) and r["p_start"] == r["curve"]["p"][0] and r["k"] == 0
     assert r["max_p"] == max(r["curve"]["p"]) and all(0 <= p <= 1 for p in r["curve"]["p"])
+    assert r["steps_to_threshold"] is None and r["steps_run"] == 4
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    stopped = retain_relearn(model, Judges(evaluator), x, y, 2, steps=4, stop=True, **{**kw, "threshold": 0.0})
+    assert stopped["steps_to_threshold"] == 0 and stopped["curve"]["step"] == [0]
     poisoned = y.clone()
     poisoned[y != 2] = 2  # every image labelled 2: nothing is left to fine-tune on
-    with pytest.raises((RuntimeError, ValueError, IndexError)):
-        retain_relearn(model, evaluator, x[:10], poisoned[:10], 2, steps=1, batch=4, n_samples=10)
+    with pytest.raises(UserError, match="needs images of classes other than 2; the data has none"):
+        retain_relearn(model, Judges(evaluator), x[:10], poisoned[:10], 2, steps=1, stop=True, **kw)
+
+
+def test_k0_in_the_grid_is_retain_only_fine_tuning_at_every_lr(tiny_baseline, evaluator):
+    cfg = sa_config(**{"train.limit": LIMIT})
+    a = AttackConfig(relearn_k=[0, 5], relearn_lr=[1e-3, 3e-3], relearn_steps=3, retain_steps=4, retain_batch=8,
+                     relearn_samples=20, threshold=1.1)
+    block = run_relearn({"m": (tiny_baseline[0], "toy")}, Judges(evaluator), cfg, a, 2, "cpu")
+    k0, k5 = block["models"]["m"]["k0"], block["models"]["m"]["k5"]
+    assert set(k0["by_lr"]) == set(k5["by_lr"]) == {"0.001", "0.003"}
+    assert all(r["k"] == 0 and r["batch"] == 8 and r["steps_run"] == 4 for r in k0["by_lr"].values())
+    assert all(r["k"] == 5 and r["steps_run"] == 3 for r in k5["by_lr"].values())
+    assert k0["by_lr"]["0.001"]["curve"]["p"] != k0["by_lr"]["0.003"]["curve"]["p"]  # the lr reaches the fine-tune
 
 
 def test_inversion_label_modes(tiny_baseline, evaluator):
@@ -219,3 +265,65 @@ def test_new_methods_are_reachable_and_run_tiny(tiny_baseline, accelerator):
     assert 0 < out.info["l2_moved"]
     with pytest.raises(Exception, match="--noise"):
         config_from_args(p.parse_args(["--noise", "-1"]))
+
+
+def test_auc_on_hand_made_curves():
+    assert curve_auc([0, 10], [0.0, 1.0], 10) == pytest.approx(0.5)  # a straight ramp: half the box
+    assert curve_auc([0, 2, 4], [0.2, 0.6, 0.6], 4) == pytest.approx((2 * 0.4 + 2 * 0.6) / 4)
+    assert curve_auc([0, 2], [0.2, 0.6], 4) == pytest.approx((2 * 0.4 + 2 * 0.6) / 4)  # stopped at 2: 0.6 held
+    assert curve_auc([0, 100, 200], [0.0, 0.5, 1.0], 150) == pytest.approx((100 * 0.25 + 50 * 0.625) / 150)  # cut
+    assert curve_auc([0, 5], [0.3, 0.9], 0) == 0.3
+    with pytest.raises(ValueError, match="starts at step 0"):
+        curve_auc([1, 2], [0.1, 0.2], 10)
+
+
+def test_step_ratios_bound_a_run_that_never_got_there():
+    assert steps_ratio(_result(6), _result(24)) == {"ratio": 0.25, "bound": "="}
+    assert steps_ratio(_result(None, run=500), _result(50)) == {"ratio": 10.0, "bound": ">="}  # never: >= budget
+    assert steps_ratio(_result(5), _result(None, run=500)) == {"ratio": 0.01, "bound": "<="}
+    assert steps_ratio(_result(None), _result(None)) is None and steps_ratio(_result(3), _result(0)) is None
+    assert auc_ratio(_result(1, auc=0.8), _result(9, auc=0.2)) == pytest.approx(0.25)  # more area: relearns faster
+    assert auc_ratio(_result(None, auc=0.0), _result(9, auc=0.2)) is None
+
+
+def test_the_grid_minimum_is_over_every_k_and_lr_and_keeps_its_bound():
+    model = {"k0": {"by_lr": {"0.001": _result(None, auc=0.01), "0.01": _result(None, auc=0.02)}},
+             "k10": {"by_lr": {"0.001": _result(None, auc=0.1, run=500), "0.01": _result(12, auc=0.4)}}}
+    ref = {"k0": {"by_lr": {"0.001": _result(None, auc=0.01), "0.01": _result(None, auc=0.01)}},
+           "k10": {"by_lr": {"0.001": _result(250, auc=0.2), "0.01": _result(8, auc=0.6)}}}
+    g = grid_ratios(model, ref)
+    assert g["by_k"]["k0"]["min_steps"] is None and g["by_k"]["k0"]["min_auc"] == {"ratio": 0.5, "k": "k0", "lr": "0.01"}
+    assert g["by_k"]["k10"]["by_lr"]["0.001"]["steps"] == {"ratio": 2.0, "bound": ">="}
+    assert g["min_steps"] == {"ratio": 1.5, "bound": "=", "k": "k10", "lr": "0.01"}
+    assert g["min_auc"]["ratio"] == pytest.approx(0.5) and g["min_auc"]["k"] == "k0"
+    assert grid_ratios({"k50": model["k10"]}, ref) == {"by_k": {}, "min_steps": None, "min_auc": None}
+
+
+def test_merge_results_drops_the_blocks_of_another_target(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"summary": {}, "attacks": {
+        "target": 2, "relearn": {"models": {}}, "probe": {"models": {}}, "timing_s": {"relearn": 1.0, "probe": 2.0}}}))
+    a = merge_results(tmp_path, {"target": 2, "invert": {"models": {}}, "timing_s": {"invert": 3.0}})
+    assert {"relearn", "probe", "invert"} <= set(a) and a["timing_s"] == {"relearn": 1.0, "probe": 2.0, "invert": 3.0}
+    a = merge_results(tmp_path, {"target": 7, "weights": {"models": {}}, "timing_s": {"weights": 4.0}})
+    assert a["target"] == 7 and not {"relearn", "probe", "invert"} & set(a) and a["timing_s"] == {"weights": 4.0}
+    assert json.loads((tmp_path / "results.json").read_text())["attacks"] == a
+
+
+def test_a_model_is_never_trained_under_another_precisions_cache_key(tmp_path):
+    cfg = sa_config(**{"mixed_precision": "bf16", "train.epochs": 1, "train.limit": 500, "model.width": 16})
+    try:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        fp32 = make_accelerator(cpu=True, mixed_precision="no", project_dir=str(tmp_path))
+        with pytest.raises(UserError, match="must be trained in mixed precision 'bf16', but this process runs 'no'"):
+            get_baseline(cfg, fp32, exclude=(2,))  # what the attacks did: an fp32 retrain under the bf16 key
+        assert not baseline_path(baseline_key(cfg, (2,))).exists()
+        AcceleratorState._reset_state(reset_partial_state=True)
+        acc = attack_accelerator(cfg, tmp_path)  # the attacks now run in the run's precision
+        assert acc.mixed_precision == "bf16"
+        _, info = get_baseline(cfg, acc, exclude=(2,))
+        assert info["key"] == baseline_key(cfg, (2,)) and baseline_path(info["key"]).is_file()
+        AcceleratorState._reset_state(reset_partial_state=True)
+        fp16 = with_values(cfg, {"mixed_precision": "fp16"})  # cannot run on a CPU: float32, and training refused
+        assert attack_accelerator(fp16, tmp_path).mixed_precision == ("fp16" if torch.cuda.is_available() else "no")
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)

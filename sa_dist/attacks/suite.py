@@ -1,10 +1,11 @@
 """Is it really forgotten? ``scripts/attack.py``: the attacks on a finished run's original, unlearned and ``retrain``
 models, side by side, into ``DIR/results.json`` under ``attacks`` (merged, rewritten atomically by the main process)
 and figures under ``DIR/attacks/``. Every headline number is also given as a ratio to the retrained model's
-(``summary``, ``vs_retrain``). The ``run_*`` functions take any ``{name: (model, source)}``, so the robustness
-benchmark attacks more models with them."""
+(``summary``: ``vs_retrain``, and per lr and k for relearning, ``relearn_vs_retrain``). The ``run_*`` functions take
+any ``{name: (model, source)}``, so the robustness benchmark attacks more models with them."""
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -12,18 +13,20 @@ from typing import Optional
 
 import torch
 
-from ..analysis.plots import image_grid, save_png, subplots
 from ..cache import baseline_key, get_baseline, get_fisher
 from ..checkpoint import load_checkpoint
 from ..config import RunConfig, load_config
 from ..data import load_mnist
 from ..evaluation.evaluator import get_evaluator
+from ..evaluation.paper import get_paper_classifier
 from ..runs import load_results
 from ..runtime import make_accelerator
 from ..utils import UsageError, UserError, arg, write_json
+from .compare import grid_ratios
+from .figures import invert_figure, relearn_figure
 from .invert import invert
 from .probe import probe
-from .relearn import relearn_grid
+from .relearn import Judges, relearn, relearn_grid
 from .retain import retain_relearn
 from .weights import weight_report
 
@@ -36,15 +39,18 @@ MODELS = ("original", "unlearned", "retrain")  # attacked side by side
 @dataclass
 class AttackConfig:
     target: Optional[int] = arg(None, "forgotten class to attack", shown="the run's first")
-    relearn_k: list = arg(help="real training images of the class per fine-tune", factory=lambda: [10, 100],
-                          nargs="+", type=int)
+    relearn_k: list = arg(help="real training images of the class per fine-tune (0: retained classes only, "
+                               "--retain-steps steps of --retain-batch images)", factory=lambda: [10, 100],
+                          nargs="+", type=int)  # the benchmark adds 0 and 50; the retain attack covers 0 at one lr
     relearn_steps: int = arg(500, "most fine-tuning steps (the k images as one batch per step)")
-    relearn_lr: list = arg(help="Adam lrs of the fine-tune: each is tried, the attacker's best is reported",
-                           factory=lambda: [3e-4, 3e-3], nargs="+", type=float)  # the benchmark tries more
+    relearn_lr: list = arg(help="Adam lrs of the fine-tune: each is compared with retrain's at the same lr",
+                           factory=lambda: [3e-4, 3e-3], nargs="+", type=float)  # two for speed; the benchmark's grid: 7, 1e-4 to 1e-2
     relearn_samples: int = arg(1000, "samples of the target label scored at each scheduled step")
     threshold: float = arg(0.5, "relearned once mean P(y=target) reaches this", flag="")
-    retain_steps: int = arg(100, "fine-tuning steps on retained-class images only (the retain attack)")
-    retain_batch: int = arg(100, "retained-class images per step of the retain attack")
+    auc_steps: int = arg(100, "steps over which the area under the P curve is taken (after a stop at the "
+                              "threshold, the last P is held)")  # the early steps, where models differ most
+    retain_steps: int = arg(100, "fine-tuning steps on retained-class images only (the retain attack, and k=0)")
+    retain_batch: int = arg(100, "retained-class images per step of the retain attack (and of k=0)")
     retain_lr: Optional[float] = arg(None, "Adam lr of the retain attack", shown="the baseline's training lr")
     invert_restarts: int = arg(64, "inversion random starts, optimised together as one batch", flag="--restarts")
     invert_steps: int = arg(200, "Adam steps per inversion start")
@@ -57,6 +63,13 @@ class AttackConfig:
     seed: int = arg(0, "seed of images, latents and starts (the same for every model)")
 
 
+def attack_accelerator(cfg: RunConfig, run_dir: Path):
+    """The attacks' Accelerator, in the run's mixed precision: a model trained here on a cache miss (``retrain``)
+    is then what its cache key says. fp16 cannot run without CUDA, so there it is float32, and ``get_baseline``
+    refuses (one line) to train under the fp16 key; a cached model still loads."""
+    mp = "no" if cfg.mixed_precision == "fp16" and not torch.cuda.is_available() else cfg.mixed_precision
+    return make_accelerator(mixed_precision=mp, project_dir=str(run_dir),
+                            threads=torch.get_num_threads())  # the caller's (attack --threads)
 
 
 def load_run(run_dir: str | Path) -> tuple[RunConfig, dict]:
@@ -102,30 +115,48 @@ def target_images(cfg: RunConfig, target: int, k: int, seed: int) -> torch.Tenso
     return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]]
 
 
-def run_relearn(models: dict, evaluator, cfg: RunConfig, a: AttackConfig, target: int, device) -> dict:
+def relearn_at(model, judges: Judges, data: dict, target: int, a: AttackConfig, device, k: int, lr: float) -> dict:
+    """One relearning run at ``lr`` on ``data[k]``: k images of the target, or (k = 0) ``data[0]`` = (x, y) of
+    the retained classes, stopped at the threshold like the others."""
+    common = {"lr": lr, "n_samples": a.relearn_samples, "threshold": a.threshold, "auc_steps": a.auc_steps,
+              "seed": a.seed, "device": device}
+    if k == 0:
+        return retain_relearn(model, judges, *data[0], target, steps=a.retain_steps, batch=a.retain_batch,
+                              stop=True, **common)
+    return relearn(model, judges, data[k], target, steps=a.relearn_steps, **common)
+
+
+def run_relearn(models: dict, judges: Judges, cfg: RunConfig, a: AttackConfig, target: int, device) -> dict:
+    """Every model at every (k, lr) of the grid, on the same images, latents and noise."""
     out = {"settings": {"k": list(a.relearn_k), "max_steps": a.relearn_steps, "lr": list(a.relearn_lr),
                         "optimizer": "Adam", "samples": a.relearn_samples, "threshold": a.threshold,
-                        "scored": "schedule", "stops": "at the first scored step with P >= threshold",
-                        "best": "the lr with the fewest steps (the attacker's choice)"}, "models": {}}
-    images = {k: target_images(cfg, target, k, a.seed) for k in a.relearn_k}  # the same for every model
+                        "auc_steps": a.auc_steps, "scored": "schedule",
+                        "stops": "at the first scored step with P >= threshold (for the AUC, the last P is held)",
+                        "judges": {"p": "the evaluator (decides the threshold)",
+                                   "p_paper": "the paper protocol's classifier, on 8-bit samples"},
+                        "k0": f"retained classes only: {a.retain_steps} steps of {a.retain_batch} images",
+                        "best_lr": "secondary: the lr with the fewest steps"}, "models": {}}
+    data = {k: target_images(cfg, target, k, a.seed) for k in a.relearn_k if k > 0}  # the same for every model
+    if 0 in a.relearn_k:
+        data[0] = load_mnist(True, cfg.data_dir, cfg.train.limit)
     for name, (model, _) in models.items():
-        out["models"][name] = {f"k{k}": relearn_grid(model, evaluator, images[k], target, a.relearn_lr,
-                                                     steps=a.relearn_steps, n_samples=a.relearn_samples,
-                                                     threshold=a.threshold, seed=a.seed, device=device)
+        out["models"][name] = {f"k{k}": relearn_grid(functools.partial(relearn_at, model, judges, data, target, a,
+                                                                       device, k), a.relearn_lr)
                                for k in a.relearn_k}
     return out
 
 
-def run_retain(models: dict, evaluator, cfg: RunConfig, a: AttackConfig, target: int, device) -> dict:
+def run_retain(models: dict, judges: Judges, cfg: RunConfig, a: AttackConfig, target: int, device) -> dict:
+    """Fine-tuning on the other classes at one lr for the whole budget: the largest P(target) on the way."""
     x, y = load_mnist(True, cfg.data_dir, cfg.train.limit)
     lr = a.retain_lr or cfg.train.lr
     out = {"settings": {"steps": a.retain_steps, "batch": a.retain_batch, "lr": lr, "optimizer": "Adam",
                         "data": "real training images of every class but the target", "samples": a.relearn_samples},
            "models": {}}
     for name, (model, _) in models.items():
-        out["models"][name] = retain_relearn(model, evaluator, x, y, target, steps=a.retain_steps,
-                                             batch=a.retain_batch, lr=lr, n_samples=a.relearn_samples, seed=a.seed,
-                                             device=device)
+        out["models"][name] = retain_relearn(model, judges, x, y, target, steps=a.retain_steps, batch=a.retain_batch,
+                                             lr=lr, n_samples=a.relearn_samples, threshold=a.threshold,
+                                             auc_steps=a.auc_steps, seed=a.seed, stop=False, device=device)
     return out
 
 
@@ -141,7 +172,7 @@ def run_invert(models: dict, evaluator, a: AttackConfig, target: int, device, ou
                 model, evaluator, target, restarts=a.invert_restarts, steps=a.invert_steps, lr=a.invert_lr,
                 penalty=a.invert_penalty if pen else 0.0, seed=a.seed, device=device, label=mode)
     if out_dir is not None:
-        invert_figure(grids, out["models"], target, out_dir / "invert_best.png")
+        invert_figure(grids, out["models"], list(INVERSIONS), target, out_dir / "invert_best.png")
         out["grid"] = "attacks/invert_best.png"
     return out
 
@@ -170,8 +201,9 @@ def run_probe(models: dict, cfg: RunConfig, a: AttackConfig, target: int, device
 
 
 def summary(attacks: dict) -> dict:
-    """One row per model: the headline number of each attack that was run, and ``vs_retrain``: each number
-    divided by the retrained model's (None where either is missing or retrain's is 0)."""
+    """One row per model: the headline number of each attack that was run; ``vs_retrain``: each number (but
+    relearning's) divided by the retrained model's (None where either is missing or retrain's is 0); and
+    ``relearn_vs_retrain``: relearning's ratios per k and lr with their minimum (``compare.grid_ratios``)."""
     rows: dict = {}
     for kind in KINDS:
         for name, r in attacks.get(kind, {}).get("models", {}).items():
@@ -179,15 +211,22 @@ def summary(attacks: dict) -> dict:
     ref = rows.get("retrain", {})
     for row in rows.values():
         row["vs_retrain"] = {k: (v / ref[k] if isinstance(v, (int, float)) and isinstance(ref.get(k), (int, float))
-                                 and ref[k] else None) for k, v in row.items()}
+                                 and ref[k] else None) for k, v in row.items() if not k.startswith("relearn_")}
+    relearned = attacks.get("relearn", {}).get("models", {})
+    if "retrain" in relearned:
+        for name, block in relearned.items():
+            rows[name]["relearn_vs_retrain"] = grid_ratios(block, relearned["retrain"])
     return rows
 
 
 def headline(kind: str, r: dict) -> dict:
     """The numbers of one attack on one model that the summary shows."""
     if kind == "relearn":
-        out = {f"relearn_steps_{k}": v["steps_to_threshold"] for k, v in r.items()}
-        out.update({f"relearn_best_lr_{k}": v.get("best_lr") for k, v in r.items()})
+        out = {}
+        for k, g in r.items():
+            for lr, v in g["by_lr"].items():
+                out.update({f"relearn_steps_{k}_lr{lr}": v["steps_to_threshold"], f"relearn_auc_{k}_lr{lr}": v["auc"]})
+            out[f"relearn_best_lr_{k}"] = g["best_lr"]
         return out
     if kind == "retain":
         return {"retain_max_p": r["max_p"], "retain_final_p": r["final_p"]}
@@ -199,11 +238,15 @@ def headline(kind: str, r: dict) -> dict:
 
 
 def merge_results(run_dir: Path, new: dict) -> dict:
-    """Re-read results.json, replace the attacks that were run, keep the others, write it back atomically."""
+    """Re-read results.json, replace the attacks that were run, keep the others (those of the same ``target``
+    only: blocks of another target are dropped), write it back atomically."""
     path = run_dir / "results.json"
     results = load_results(run_dir)
-    attacks = {**results.get("attacks", {}), **new}
-    attacks["timing_s"] = {**results.get("attacks", {}).get("timing_s", {}), **new.get("timing_s", {})}
+    old = results.get("attacks", {})
+    if old.get("target") != new["target"]:
+        old = {}
+    attacks = {**old, **new}
+    attacks["timing_s"] = {**old.get("timing_s", {}), **new.get("timing_s", {})}
     attacks["summary"] = summary(attacks)
     results["attacks"] = attacks
     write_json(path, results)
@@ -219,8 +262,7 @@ def run_attacks(run_dir: str | Path, kinds=KINDS, acfg: AttackConfig | None = No
     target = cfg.sa.forget[0] if a.target is None else a.target
     if target not in cfg.sa.forget:
         raise UsageError(f"--target {target} is not a forgotten class of this run ({cfg.sa.forget})")
-    accelerator = accelerator or make_accelerator(mixed_precision="no", project_dir=str(run_dir),
-                                                  threads=torch.get_num_threads())  # the caller's (attack --threads)
+    accelerator = accelerator or attack_accelerator(cfg, run_dir)
     models = load_models(run_dir, cfg, results, accelerator, names, original, retrain)
     anchor = None
     if "weights" in kinds:  # the original and its Fisher (cached by the run; all processes take part)
@@ -230,52 +272,30 @@ def run_attacks(run_dir: str | Path, kinds=KINDS, acfg: AttackConfig | None = No
     if not accelerator.is_main_process:
         return None
     device = accelerator.device
-    evaluator, _ = get_evaluator(None, cfg.data_dir, limit=cfg.train.limit, device=device)
+    paper = (get_paper_classifier(None, cfg.data_dir, limit=cfg.train.limit, device=device)[0]
+             if {"relearn", "retain"} & set(kinds) else None)
+    judges = Judges(get_evaluator(None, cfg.data_dir, limit=cfg.train.limit, device=device)[0], paper)
     new = {"target": target, "config": asdict(a), "sources": {k: v[1] for k, v in models.items()},
            "timing_s": {}}
     (run_dir / "attacks").mkdir(exist_ok=True)
     for kind in kinds:
         t0 = time.perf_counter()
-        if kind == "relearn":
-            new[kind] = run_relearn(models, evaluator, cfg, a, target, device)
-            relearn_figure(new[kind], target, run_dir / "attacks" / "relearn_curve.png")
-            new[kind]["curve_plot"] = "attacks/relearn_curve.png"
-        elif kind == "retain":
-            new[kind] = run_retain(models, evaluator, cfg, a, target, device)
-        elif kind == "invert":
-            new[kind] = run_invert(models, evaluator, a, target, device, run_dir / "attacks")
-        elif kind == "weights":
-            new[kind] = run_weights(models, *anchor, cfg, a, target)
-        else:
-            new[kind] = run_probe(models, cfg, a, target, device)
+        new[kind] = run_kind(kind, models, judges, cfg, a, target, device, run_dir, anchor)
         new["timing_s"][kind] = time.perf_counter() - t0
     return merge_results(run_dir, new)
 
 
-def relearn_figure(block: dict, target: int, path: Path):
-    ks = block["settings"]["k"]
-    fig, axes = subplots(1, len(ks), figsize=(4.5 * len(ks), 3.4), squeeze=False)
-    for ax, k in zip(axes[0], ks):
-        for name, r in block["models"].items():
-            cur = r[f"k{k}"]["curve"]
-            ax.plot(cur["step"], cur["p"], marker=".", label=name)
-        ax.axhline(block["settings"]["threshold"], color="grey", ls="--", lw=1)
-        ax.set(title=f"relearning on k={k} real {target}s", xlabel="fine-tuning step",
-               ylabel=f"mean P(y={target})", ylim=(-0.02, 1.02))
-        ax.legend()
-    fig.tight_layout()
-    save_png(fig, path)
-
-
-def invert_figure(grids: dict, numbers: dict, target: int, path: Path):
-    names, variants = list(numbers), list(INVERSIONS)
-    fig, axes = subplots(len(variants), len(names), figsize=(3.2 * len(names), 3.8 * len(variants)), squeeze=False)
-    for i, var in enumerate(variants):
-        for j, name in enumerate(names):
-            ax, r = axes[i][j], numbers[name][var]
-            ax.imshow(image_grid(grids[(name, var)], 4), cmap="gray", vmin=0, vmax=1)
-            ax.set_title(f"{name}, {var}\nbest P {r['best_p']:.3f}, mean {r['mean_p']:.3f}", fontsize=9)
-            ax.axis("off")
-    fig.suptitle(f"condition inversion: best images for y={target}")
-    fig.tight_layout(h_pad=1.5)
-    save_png(fig, path)
+def run_kind(kind: str, models: dict, judges: Judges, cfg: RunConfig, a: AttackConfig, target: int, device,
+             run_dir: Path, anchor) -> dict:
+    """One attack's block on every model (with its figure under ``run_dir/attacks``)."""
+    if kind == "relearn":
+        block = run_relearn(models, judges, cfg, a, target, device)
+        relearn_figure(block, target, run_dir / "attacks" / "relearn_curve.png")
+        return {**block, "curve_plot": "attacks/relearn_curve.png"}
+    if kind == "retain":
+        return run_retain(models, judges, cfg, a, target, device)
+    if kind == "invert":
+        return run_invert(models, judges.evaluator, a, target, device, run_dir / "attacks")
+    if kind == "weights":
+        return run_weights(models, *anchor, cfg, a, target)
+    return run_probe(models, cfg, a, target, device)

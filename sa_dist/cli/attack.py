@@ -1,6 +1,7 @@
 """Is it really forgotten? Relearning, retain-only relearning, inversion, probe and weight-space attacks on a run.
 
-Relearning fine-tunes on real images of the class over an lr grid (the attacker's best lr is reported).
+Relearning fine-tunes on k real images of the class (k = 0: the retained classes only) at every lr of a grid, each
+compared with the retrained model's under the identical attack (steps to P >= 0.5, area under the P curve).
 
     python scripts/attack.py runs/conv-forget2-... --kind all
 """
@@ -26,12 +27,12 @@ def main():
                    help="torch CPU threads (1: the batches are small; 2 threads were 3-6x slower on shared cores)")
     args = p.parse_args()
     for flag in ("relearn_steps", "relearn_samples", "invert_restarts", "invert_steps", "probe_n", "threads",
-                 "retain_steps", "retain_batch"):
+                 "retain_steps", "retain_batch", "auc_steps"):
         v = getattr(args, flag)
         if v is not None and v < 1:
             p.error(f"--{flag.replace('invert_restarts', 'restarts').replace('_', '-')} must be >= 1, got {v}")
-    if (args.relearn_k and min(args.relearn_k) < 1) or (args.invert_penalty is not None and args.invert_penalty < 0):
-        p.error("--relearn-k must be >= 1 and --penalty >= 0")
+    if (args.relearn_k and min(args.relearn_k) < 0) or (args.invert_penalty is not None and args.invert_penalty < 0):
+        p.error("--relearn-k must be >= 0 (0: retained classes only) and --penalty >= 0")
     if (args.relearn_lr and min(args.relearn_lr) <= 0) or (args.retain_lr is not None and args.retain_lr <= 0):
         p.error("--relearn-lr and --retain-lr must be > 0")
     if args.weights_points is not None and args.weights_points < 2:

@@ -15,6 +15,7 @@ that is the point of the protocol, the comparison with the paper, not a better m
 """
 from __future__ import annotations
 
+import hashlib
 import time
 
 import torch
@@ -84,6 +85,13 @@ def paper_classifier_path(seed: int = 0, limit: int | None = None, epochs: int =
     key = stable_hash({"data": data_checksum(), "seed": seed, "limit": limit, "epochs": epochs,
                        "version": PAPER_VERSION})
     return cache_root() / "evaluator" / f"paper-classifier-{key}.safetensors"
+
+
+def paper_fingerprint(seed: int = 0, limit: int | None = None) -> dict:
+    """``{"version", "sha256"}`` of the paper classifier's weights file (``get_paper_classifier`` makes it): what a
+    benchmark cell that reports its P records and keys on, like ``evaluator.evaluator_fingerprint``."""
+    path = paper_classifier_path(seed, limit)
+    return {"version": PAPER_VERSION, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
 
 
 def get_paper_classifier(accelerator=None, data_dir: str | None = None, seed: int = 0, limit: int | None = None,
