@@ -1,4 +1,5 @@
-"""Selective Amnesia, the training loop: minimise ``objective.sa_objective`` from theta* under Accelerate.
+"""Selective Amnesia, the training loop: minimise the SA objective (``objective.sa_objective``: surrogate, replay
+and a regulariser, EWC by default) from theta* under Accelerate.
 
 The data of both expectations is generated, never real: the surrogate dataset samples q(x|c_f) for the forgotten
 labels, the replay dataset samples a frozen copy of theta* for the retained ones. Each process draws its own share

@@ -91,7 +91,7 @@ def _oom(*args, **kwargs):
     ("sa_dist.train.build_model", "building the model", "--z-dim"),
     ("sa_dist.train.train_vae", "training the baseline", "--batch"),
     ("sa_dist.cache.diag_fisher", "computing the Fisher", "fisher_batch"),
-    ("sa_dist.amnesia.sa_objective", "unlearning", "--surrogate-batch"),
+    ("sa_dist.amnesia.regularised_objective", "unlearning", "--surrogate-batch"),
 ])
 def test_out_of_memory_in_each_stage_names_it_and_leaves_no_run_directory(tmp_path, monkeypatch, tiny_baseline,
                                                                         target, stage, advice):
