@@ -24,7 +24,7 @@ import yaml
 
 from cells import RESULTS, ROOT, Table, config_hash
 from sa_dist.config import RunConfig, load_config, validate, with_values
-from sa_dist.evaluation.evaluator import evaluator_fingerprint, evaluator_path, get_evaluator
+from sa_dist.evaluation.evaluator import evaluator_fingerprint, get_evaluator
 from sa_dist.evaluation.metrics import P_BAR
 from sa_dist.evaluation.paper import PAPER_VERSION, get_paper_classifier, paper_classifier_path
 from sa_dist.pipeline import run_unlearn
@@ -116,8 +116,7 @@ def instruments(cfg: RunConfig, paper: bool = False, make: bool = True) -> dict 
         get_evaluator(None, cfg.data_dir, limit=cfg.train.limit)
         if paper:
             get_paper_classifier(None, cfg.data_dir, limit=cfg.train.limit)
-    out = {"evaluator": evaluator_fingerprint(limit=cfg.train.limit)
-           if evaluator_path(limit=cfg.train.limit).is_file() else None}
+    out = {"evaluator": evaluator_fingerprint()}  # the packaged network: always there, whatever the limit
     if paper:
         out["paper_classifier"] = file_fingerprint(paper_classifier_path(limit=cfg.train.limit), PAPER_VERSION)
     return out if all(out.values()) else None

@@ -1,7 +1,7 @@
 """Forgetting that survives attacks: every method against the same attacks, per relearning lr and k, as ratios to
 retraining, measured as cells (benchmarks/cells.py) of the table benchmarks/results/robustness/.
 
-    python benchmarks/robustness.py --arch linear --forget 2 --seeds 1 2 3 --work runs/robustness
+    python benchmarks/robustness.py --arch linear --forget 2 --seeds 0 1 2 --work runs/robustness
     python benchmarks/robustness.py --dry-run          # the cells, and which are done
 
 For every architecture, forget set, seed (the baseline's and the unlearning's, like sweep --seeds) and method spec
@@ -36,7 +36,7 @@ from sa_dist.attacks.suite import AttackConfig, run_invert, run_relearn, run_wei
 from sa_dist.cache import get_baseline, get_fisher
 from sa_dist.checkpoint import load_checkpoint
 from sa_dist.cli.flags import Parser, add_flags, dataclass_from_args, flagged_fields, run_main
-from sa_dist.evaluation.evaluator import evaluator_fingerprint, evaluator_path, get_evaluator
+from sa_dist.evaluation.evaluator import evaluator_fingerprint, get_evaluator
 from sa_dist.evaluation.paper import get_paper_classifier, paper_classifier_path, paper_fingerprint
 from sa_dist.pipeline import evaluate_run, run_unlearn
 from sa_dist.runtime import make_accelerator
@@ -131,11 +131,11 @@ MEASURE = {"unlearn": measure_unlearn, "relearn": measure_relearn, "weights": me
 # ---- the command ------------------------------------------------------------------------------------------------
 
 def fingerprints(limit: int | None, missing_ok: bool = False) -> dict:
-    """The evaluator's and the paper classifier's ``{"version", "sha256"}``; None each when not trained yet and
-    ``missing_ok`` (a dry run trains nothing)."""
-    if missing_ok and not (evaluator_path(0, limit).is_file() and paper_classifier_path(0, limit).is_file()):
+    """The evaluator's (the packaged one) and the paper classifier's ``{"version", "sha256"}``; both None when the
+    paper classifier is not trained yet and ``missing_ok`` (a dry run trains nothing)."""
+    if missing_ok and not paper_classifier_path(0, limit).is_file():
         return {"evaluator": None, "paper": None}
-    return {"evaluator": evaluator_fingerprint(limit=limit), "paper": paper_fingerprint(limit=limit)}
+    return {"evaluator": evaluator_fingerprint(), "paper": paper_fingerprint(limit=limit)}
 
 
 def parse_args(argv=None) -> BenchConfig:
@@ -157,7 +157,7 @@ def parse_args(argv=None) -> BenchConfig:
 def dry_run(table: Table, cells: list[Cell], fps: dict, log=print) -> list[bool]:
     """Print every cell and whether it is done; returns the done marks."""
     if fps["evaluator"] is None:
-        log("the evaluator (or the paper classifier) is not trained yet: no cell can be done")
+        log("the paper classifier is not trained yet: no cell can be done")
     done = [fps["evaluator"] is not None and table.get(c.name, c.config) is not None for c in cells]
     for cell, d in zip(cells, done):
         log(f"{'done ' if d else 'to do'}  {cell.name}")

@@ -8,7 +8,7 @@ import torch
 
 from conftest import LIMIT, load_benchmark
 from sa_dist.checkpoint import save_tensors
-from sa_dist.evaluation.evaluator import Classifier, evaluator_path
+from sa_dist.evaluation.evaluator import WEIGHTS_SHA256
 from sa_dist.evaluation.paper import PaperClassifier, paper_classifier_path
 from sa_dist.utils import UsageError
 
@@ -237,11 +237,11 @@ def test_launcher_table_leaves_loaded_cells_out_of_the_medians(tmp_path):
 # ---- end to end --------------------------------------------------------------------------------------------------
 
 def fake_instruments() -> None:
-    """Untrained evaluator and paper classifier in the cache: the plumbing, not the numbers, is under test."""
+    """An untrained paper classifier in the cache (the evaluator is the packaged one): the plumbing, not the
+    numbers, is under test."""
     torch.manual_seed(0)
-    for path, net, kind in ((evaluator_path(limit=LIMIT), Classifier(), "evaluator"),
-                            (paper_classifier_path(limit=LIMIT), PaperClassifier(), "paper_classifier")):
-        save_tensors(path, net.state_dict(), {"kind": kind, "version": 0, "test_acc": 0.0, "seconds": 0.0})
+    save_tensors(paper_classifier_path(limit=LIMIT), PaperClassifier().state_dict(),
+                 {"kind": "paper_classifier", "version": 0, "test_acc": 0.0, "seconds": 0.0})
 
 
 @pytest.mark.slow
@@ -258,6 +258,7 @@ def test_digits_end_to_end_tiny_then_a_rerun_measures_nothing(tmp_path, monkeypa
     assert run.name == cell.stem and (run / "results.json").is_file()
     rec = json.loads(cell.read_text())
     assert rec["config"]["run"]["train"]["limit"] == LIMIT and set(rec["config"]) >= {"evaluator", "paper_classifier"}
+    assert rec["config"]["evaluator"] == {"version": 3, "sha256": WEIGHTS_SHA256}  # the packaged instrument
     assert rec["result"]["run_reused"] is False and 0 <= rec["result"]["paper_p_after"] <= 1
     assert "| linear | 2 | 1 |" in first and (tmp_path / "digits" / "digits.png").is_file()
     digits.main(argv)
