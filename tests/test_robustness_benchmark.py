@@ -16,7 +16,7 @@ import robustness_table  # noqa: E402
 from sa_dist.utils import UsageError  # noqa: E402
 
 FPS = {"evaluator": {"version": 2, "sha256": "e0"}, "paper": {"version": 1, "sha256": "p0"}}
-BASE = ["--methods", "sa", "--arch", "linear", "--seeds", "1", "--k", "0", "10", "--lrs", "1e-3", "1e-2"]
+BASE = ["--methods", "sa", "--arch", "linear", "--forget", "2", "--seeds", "1", "--k", "0", "10", "--lrs", "1e-3", "1e-2"]
 
 
 def hashes(*argv, fps=FPS) -> dict:
@@ -101,8 +101,8 @@ def fake_measure(calls):
 
 def run_fake(tmp_path, monkeypatch, calls, *argv):
     monkeypatch.setattr(robustness, "MEASURE", {k: fake_measure(calls) for k in robustness.MEASURE})
-    b = robustness.parse_args(["--methods", *FAKE, "--arch", "linear", "--seeds", "1", "2", "--lrs", "1e-3",
-                               "1e-2", "--restarts", "0", "--results", str(tmp_path), *argv])
+    b = robustness.parse_args(["--methods", *FAKE, "--arch", "linear", "--forget", "2", "--seeds", "1", "2", "--lrs",
+                               "1e-3", "1e-2", "--restarts", "0", "--results", str(tmp_path), *argv])
     table, plan = cells.Table("robustness", tmp_path), robustness_plan.plan(b, FPS)
     failures = robustness.measure_all(robustness.Context(b, None, None), table, plan, log=lambda *a: None)
     return table, b, plan, failures
@@ -136,8 +136,8 @@ def test_a_rerun_skips_done_cells_and_the_table_comes_from_the_cells(tmp_path, m
 
 def test_the_table_renders_for_any_k_and_lr_lists_even_half_measured(tmp_path, monkeypatch):
     table, b, plan, _ = run_fake(tmp_path, monkeypatch, [], "--k", "3", "--lrs", "1e-3", "1e-2")
-    b = robustness.parse_args(["--methods", *FAKE, "--arch", "linear", "--seeds", "1", "2", "--lrs", "1e-3", "1e-2",
-                               "3e-2", "--k", "3", "100", "--restarts", "0", "--results", str(tmp_path)])
+    b = robustness.parse_args(["--methods", *FAKE, "--arch", "linear", "--forget", "2", "--seeds", "1", "2", "--lrs",
+                               "1e-3", "1e-2", "3e-2", "--k", "3", "100", "--restarts", "0", "--results", str(tmp_path)])
     md = robustness.write_table(table, b, robustness_plan.plan(b, FPS), FPS)  # new cells not measured yet
     assert "| method | lr 0.001 | lr 0.01 | lr 0.03 |" in md and "k = 100 real images" in md
     assert "k = 3 real images" in md and "cells measured" in md
