@@ -34,6 +34,18 @@ def load_benchmark(name: str):
     return importlib.import_module(name)
 
 
+SHARED = {"tiny_run", "sweep", "report_dir", "interrupted_and_resumed", "finished_run", "bad_checkpoints"}
+"""Module fixtures that run scripts or train: the tests using one share a worker, so it is built once."""
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(items):
+    for item in items:
+        shared = SHARED & set(getattr(item, "fixturenames", ()))
+        if shared:
+            item.add_marker(pytest.mark.xdist_group(f"{item.module.__name__}.{min(shared)}"))
+
+
 def run_script(*args, timeout=300, env=None):
     """Run a project script as a user would; returns CompletedProcess (text)."""
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
