@@ -105,6 +105,24 @@ def tiny_baseline(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def paper_stand_in():
+    """An untrained paper classifier where ``--protocol paper`` and the attacks' second judge look for the one of
+    ``--limit LIMIT`` (this worker's cache): tests of those paths check the plumbing, not the classifier's numbers;
+    its training is tested on its own (test_evaluator)."""
+    import torch
+
+    from sa_dist.checkpoint import save_tensors
+    from sa_dist.evaluation.paper import PAPER_VERSION, PaperClassifier, paper_classifier_path
+
+    path = paper_classifier_path(limit=LIMIT)
+    if not path.is_file():
+        torch.manual_seed(0)
+        save_tensors(path, PaperClassifier().state_dict(), {"kind": "paper_classifier", "version": PAPER_VERSION,
+                                                            "test_acc": 0.0, "epochs": 0, "seconds": 0.0})
+    return path
+
+
+@pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
     """A real one-node SLURM (tests/slurm/local_cluster.sh): yields the env to pass to sbatch/squeue."""
     import shutil

@@ -15,7 +15,7 @@ from sa_dist.evaluation import evaluator as ev
 from sa_dist.evaluation.evaluator import EVALUATOR_VERSION, REJECT, get_evaluator, score
 from sa_dist.evaluation.metrics import class_metrics, forgetting_bar
 from sa_dist.evaluation.nondigits import KINDS, make, nondigits
-from sa_dist.evaluation.paper import paper_scores, uint8_round_trip
+from sa_dist.evaluation.paper import PAPER_VERSION, log_probs, paper_scores, train_paper_classifier, uint8_round_trip
 from sa_dist.evaluation.photometric import TRANSFORM_BAR, TRANSFORMS, photometric, random_photometric, transformed
 from sa_dist.sweeps.aggregate import aggregate, markdown
 from sa_dist.utils import UserError, write_json
@@ -196,8 +196,17 @@ def test_uint8_round_trip_and_the_paper_numbers_on_known_probabilities():
     assert out["p_forgotten"] == pytest.approx(0.55)
 
 
+def test_the_paper_classifier_trains_as_the_official_script_and_learns():
+    net, info = train_paper_classifier(epochs=3, limit=1000)
+    assert info == {"version": PAPER_VERSION, "test_acc": info["test_acc"], "epochs": 3, "seconds": info["seconds"]}
+    assert info["test_acc"] > 0.18 and not net.training  # 3 epochs at the official lr 1e-4: past chance (0.1)
+    x, _ = load_mnist(False, limit=8)
+    logp = log_probs(net, x)
+    assert logp.shape == (8, 10) and torch.allclose(logp.exp().sum(1), torch.ones(8), atol=1e-5)
+
+
 @pytest.mark.slow
-def test_unlearn_quick_with_the_paper_protocol(tmp_path):
+def test_unlearn_quick_with_the_paper_protocol(tmp_path, paper_stand_in):
     r = run_script("scripts/unlearn.py", "--quick", "--protocol", "paper", "--arch", "linear", "--width", "64",
                    "--epochs", "1", "--limit", str(LIMIT), "--n-fisher", "200", "--sa-epochs", "1",
                    "--n-replay", "256", "--eval-samples", "20", "--forget", "0", "--run-dir", str(tmp_path / "run"),

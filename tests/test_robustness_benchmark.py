@@ -156,8 +156,8 @@ def test_cost_is_not_quotable_when_a_cell_was_loaded():
 
 
 @pytest.mark.slow
-def test_tiny_benchmark_end_to_end(tmp_path):
-    argv = ["benchmarks/robustness.py", "--methods", "original", "sa", "--arch", "linear", "--seeds", "1",
+def test_tiny_benchmark_end_to_end(tmp_path, paper_stand_in):
+    argv = ["benchmarks/robustness.py", "--methods", "original", "sa", "--arch", "linear", "--forget", "2", "--seeds", "1",
             "--epochs", "1", "--limit", str(LIMIT), "--set", "model.width=64", "sa.n_fisher=500", "sa.sa_epochs=1",
             "sa.n_replay=1024", "eval_samples=50", "--k", "0", "5", "--lrs", "3e-3", "1e-2", "--relearn-steps", "4",
             "--relearn-samples", "50", "--retain-steps", "3", "--retain-batch", "16", "--restarts", "4",
