@@ -50,7 +50,10 @@ MpiDefault=none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 SlurmctldParameters=enable_configless
-NodeName=$host CPUs=$cpus RealMemory=$mem State=UNKNOWN
+# One CPU more than the host has (SlurmdParameters=config_overrides): a job that only waits for others, as
+# `SWEEP_WAIT=1 sbatch --wait slurm/sweep.sh` does, then does not keep a core from the work it waits for.
+SlurmdParameters=config_overrides
+NodeName=$host CPUs=$((cpus + 1)) RealMemory=$mem State=UNKNOWN
 PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
 CONF
 printf 'CgroupPlugin=autodetect\nIgnoreSystemd=yes\n' > "$dir/cgroup.conf"
@@ -61,7 +64,7 @@ slurmctld -f "$SLURM_CONF"
 slurmd -f "$SLURM_CONF"
 for _ in $(seq 60); do
   state=$(sinfo -h -N -o %t 2>/dev/null | head -1 || true)
-  [ "$state" = idle ] && { echo "slurm up: node $host ($cpus CPUs), SLURM_CONF=$SLURM_CONF"; exit 0; }
+  [ "$state" = idle ] && { echo "slurm up: node $host ($cpus CPUs + 1), SLURM_CONF=$SLURM_CONF"; exit 0; }
   sleep 1
 done
 echo "slurm did not come up (node state '${state:-none}'); logs in $dir" >&2
