@@ -82,6 +82,8 @@ class RunConfig:
                                  shown="the cores free to it / its node's processes")  # accelerate launch sets 1
     data_dir: Optional[str] = arg(None, "folder with the four MNIST files", shown="the package's copy")
     quick: bool = arg(False, "a ~1 min smoke run on a CPU that already shows forgetting")
+    figures: bool = arg(True, "draw the run's figures (PNGs, their TensorBoard copies, the latent block); "
+                              "--no-figures: results, checkpoint and report without them")  # a sweep saves ~5 s a run
 
     @property
     def sa_seed(self) -> int:

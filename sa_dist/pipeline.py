@@ -8,7 +8,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .analysis.figures import figures_for_run
+from .analysis.figures import environment, figures_for_run
 from .analysis.report import build_report
 from .cache import baseline_path, get_baseline, get_fisher, save_baseline
 from .checkpoint import forgotten_classes, load_checkpoint, save_checkpoint
@@ -42,12 +42,17 @@ def evaluate_run(cfg: RunConfig, before, after, device) -> tuple[dict, float]:
 
 
 def write_outputs(run_dir: Path, results: dict, before, after, forget):
-    """Checkpoint, figures (``results`` gains ``latent``), results.json, then report.html and report.md."""
+    """Checkpoint, figures (``results`` gains ``latent``) unless the config says ``figures: false``, results.json,
+    then report.html and report.md."""
     save_checkpoint(run_dir / "unlearned.safetensors", after, kind="unlearned",
                     extra={"forget": forget, "config": results["config"]})
-    figures_for_run(run_dir, results, before, after, forget)
+    draw = results["config"].get("figures", True)
+    if draw:
+        figures_for_run(run_dir, results, before, after, forget)
+    else:
+        results["environment"] = environment()
     write_json(run_dir / "results.json", results)
-    build_report(run_dir)
+    build_report(run_dir, draw=draw)
 
 
 def _start(cfg: RunConfig, run_dir, checkpoint, accelerator, resume: bool):

@@ -8,6 +8,8 @@ one test cluster) run on one worker. Scripts started by tests import this checko
 whatever copy is installed."""
 import importlib
 import os
+import runpy
+import signal
 import socket
 import subprocess
 import sys
@@ -50,6 +52,28 @@ def run_script(*args, timeout=300, env=None):
     """Run a project script as a user would; returns CompletedProcess (text)."""
     return subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """``cli(script, *argv)`` -> (exit code, stdout, stderr lines): ``scripts/<name>.py`` run in this process as
+    ``python scripts/<name>.py ARGS`` runs it (its argv, exit code and output, its one-line errors), without starting
+    an interpreter: for the checks of bad input, which fail before any work."""
+    old = signal.getsignal(signal.SIGTERM)
+
+    def run(script, *argv):
+        monkeypatch.setattr(sys, "argv", [str(script), *map(str, argv)])
+        code = 0
+        try:
+            runpy.run_path(str(ROOT / script), run_name="__main__")
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            signal.signal(signal.SIGTERM, old)
+        out = capsys.readouterr()
+        return code, out.out, out.err.strip().splitlines()
+
+    return run
 
 
 def free_port() -> int:

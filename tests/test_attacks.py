@@ -18,7 +18,7 @@ from sa_dist.fisher import diag_fisher
 from sa_dist.models import ModelConfig, build_model
 
 TINY = ["--arch", "linear", "--width", "64", "--epochs", "1", "--limit", str(LIMIT), "--n-fisher", "500",
-        "--sa_epochs", "1", "--n-replay", "1024", "--eval-samples", "50"]
+        "--sa_epochs", "1", "--n-replay", "1024", "--eval-samples", "50", "--no-figures"]
 TINY_ATTACK = ["--relearn-k", "0", "5", "10", "--relearn-steps", "4", "--relearn-samples", "50", "--restarts", "4",
                "--invert-steps", "3", "--probe-n", "500", "--relearn-lr", "3e-4", "3e-3", "--retain-steps", "3",
                "--retain-batch", "16", "--weights-points", "3"]
@@ -135,17 +135,17 @@ def test_attack_script_writes_all_three_side_by_side_and_merges(tiny_run):
     (["--restarts", "0"], 2, "--restarts must be >= 1"),
 ])
 @pytest.mark.slow
-def test_bad_attack_arguments_are_one_line(tiny_run, argv, code, match):
-    r = run_script("scripts/attack.py", tiny_run, *argv)
-    assert r.returncode == code and match in r.stderr and len(r.stderr.strip().splitlines()) == 1
+def test_bad_attack_arguments_are_one_line(tiny_run, cli, argv, code, match):
+    got, _, err = cli("scripts/attack.py", tiny_run, *argv)
+    assert got == code and len(err) == 1 and match in err[0]
 
 
 @pytest.mark.slow
-def test_attack_needs_a_finished_run_and_the_right_original(tmp_path, tiny_run, tiny_baseline):
-    r = run_script("scripts/attack.py", tmp_path)
-    assert r.returncode == 1 and "is not a finished run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    r = run_script("scripts/attack.py", tiny_run, "--original", tiny_baseline[1], "--models", "original")
-    assert r.returncode == 1 and "is not the baseline" in r.stderr and "Traceback" not in r.stderr
+def test_attack_needs_a_finished_run_and_the_right_original(tmp_path, tiny_run, tiny_baseline, cli):
+    code, _, err = cli("scripts/attack.py", tmp_path)
+    assert code == 1 and len(err) == 1 and "is not a finished run" in err[0]
+    code, _, err = cli("scripts/attack.py", tiny_run, "--original", tiny_baseline[1], "--models", "original")
+    assert code == 1 and len(err) == 1 and "is not the baseline" in err[0]
 
 
 @pytest.mark.parametrize("arch", ["conv", "linear"])

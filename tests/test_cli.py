@@ -89,3 +89,21 @@ def test_every_method_module_is_registered_with_its_facts():
         m = get_method(name)
         assert m.doc.startswith(f"{name}:"), name  # the module docstring names the method
         assert m.marker and set(m.uses) <= {f.name for f in fields(SAConfig)}  # fields it reads
+
+
+# ---- bad input to the scripts, run in this process (tests/conftest.py cli) ---------------------------------------
+
+@pytest.mark.parametrize("argv,match", [(["--forget", "11"], "--forget takes classes in 0-9"),
+                                        (["--arch", "vit"], "--arch must be one of conv, linear"),
+                                        (["--lam", "inf"], "--lam must be a finite number"),
+                                        (["--batch", "x"], "argument --batch: invalid int value")])
+def test_bad_arguments_are_one_line_exit_2(tmp_path, cli, argv, match):
+    code, _, err = cli("scripts/unlearn.py", *argv, "--run-dir", tmp_path / "r")
+    assert code == 2 and len(err) == 1 and match in err[0]
+    assert not (tmp_path / "r").exists()  # nothing written
+
+
+def test_checkpoint_of_another_architecture_is_refused(tiny_baseline, tmp_path, cli):
+    _, ckpt = tiny_baseline
+    code, _, err = cli("scripts/unlearn.py", "--arch", "conv", "--checkpoint", ckpt, "--run-dir", tmp_path / "r")
+    assert code == 1 and len(err) == 1 and "arch=linear, but the run asks for arch=conv" in err[0]

@@ -126,7 +126,7 @@ def default_command(work: Path) -> list[str]:
 def test_default_command_runs_as_a_uid_the_image_does_not_know():
     work, env = image_like()
     try:
-        cmd = as_other_uid(default_command(work) + TINY + ["--run-dir", "runs/smoke"])
+        cmd = as_other_uid(default_command(work) + TINY + ["--figures", "--run-dir", "runs/smoke"])  # matplotlib's home
         r = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         assert "were not passed to `accelerate launch`" not in r.stderr  # the CMD's config file is complete

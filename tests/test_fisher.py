@@ -6,7 +6,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import sa_dist.fisher as fisher
-from conftest import ROOT, run_script, torchrun
+from conftest import ROOT, torchrun
 from sa_dist.checkpoint import load_fisher, save_checkpoint, save_fisher
 from sa_dist.fisher import diag_fisher, fisher_batch, sum_sq_grads, sum_sq_grads_loop
 from sa_dist.models import ModelConfig, build_model
@@ -163,12 +163,10 @@ def test_two_processes_match_one(tmp_path):
     assert_dicts_close(load_fisher(out, model), want, rtol=1e-5, atol=0)
 
 
-@pytest.mark.slow
-def test_script_reports_user_errors(tmp_path):
-    proc = run_script(ROOT / "scripts" / "compute_fisher.py", "--checkpoint", tmp_path / "missing.safetensors",
-                      "--out", tmp_path / "f.safetensors", timeout=120)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().splitlines() == [f"error: checkpoint {tmp_path / 'missing.safetensors'} does not exist"]
+def test_script_reports_user_errors(tmp_path, cli):
+    code, _, err = cli("scripts/compute_fisher.py", "--checkpoint", tmp_path / "missing.safetensors",
+                       "--out", tmp_path / "f.safetensors")
+    assert code == 1 and err == [f"error: checkpoint {tmp_path / 'missing.safetensors'} does not exist"]
 
 
 def test_save_load_round_trip_and_mismatch(tmp_path):

@@ -8,7 +8,6 @@ import sys
 
 import pytest
 import torch
-import yaml
 from accelerate.commands.config.config_args import load_config_from_file
 from accelerate.commands.launch import _validate_launch_command, launch_command_parser
 

@@ -15,7 +15,7 @@ from sa_dist.sweeps.grid import make_grid, parse_forget
 
 # A linear cVAE that learns something in seconds (3 epochs of 2000 images), then short unlearning runs.
 SMALL = ["--arch", "linear", "--width", "64", "--epochs", "3", "--batch", "64", "--limit", str(LIMIT),
-         "--n-fisher", "500", "--sa_epochs", "2", "--n-replay", "1024", "--eval-samples", "100"]
+         "--n-fisher", "500", "--sa_epochs", "2", "--n-replay", "1024", "--eval-samples", "100", "--no-figures"]
 ALL = ["sa", "retrain", "naive", "no_ewc", "no_replay", "replay_only"]
 
 
@@ -109,35 +109,31 @@ def test_grid_collapses_what_a_method_does_not_read():
     assert pts[2].args() == ["--method", "sa", "--forget", "2", "7", "--lam", "0", "--gamma", "1"]
 
 
-@pytest.mark.slow
-def test_task_args_are_the_unlearn_flags_of_one_point(tmp_path):
-    r = run_script("scripts/sweep.py", "--out-dir", tmp_path / "o", "--forget", "3", "4", "--lam", "1", "10",
-                   "--arch", "linear", "--task-args", "3")
-    assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["--arch", "linear", "--method", "sa", "--forget", "4", "--lam", "10", "--gamma", "1",
-                                "--run-dir", str(tmp_path / "o" / "linear-sa-forget4-lam10-gamma1")]
-    r = run_script("scripts/sweep.py", "--out-dir", tmp_path / "o", "--forget", "3", "--count")
-    assert r.returncode == 0 and r.stdout.strip() == "1"
+def test_task_args_are_the_unlearn_flags_of_one_point(tmp_path, cli):
+    code, out, err = cli("scripts/sweep.py", "--out-dir", tmp_path / "o", "--forget", "3", "4", "--lam", "1", "10",
+                         "--arch", "linear", "--task-args", "3")
+    assert code == 0, err
+    assert out.split() == ["--arch", "linear", "--method", "sa", "--forget", "4", "--lam", "10", "--gamma", "1",
+                           "--run-dir", str(tmp_path / "o" / "linear-sa-forget4-lam10-gamma1")]
+    code, out, _ = cli("scripts/sweep.py", "--out-dir", tmp_path / "o", "--forget", "3", "--count")
+    assert code == 0 and out.strip() == "1"
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("argv,match", [(["--forget", "2", "--task-args", "5"], "--task-args 5: the grid has points 0-0"),
                                         (["--run-dir", "x"], "--run-dir and --resume are chosen per point by sweep.py")])
-def test_sweep_bad_input_is_one_line(tmp_path, argv, match):
-    r = run_script("scripts/sweep.py", "--out-dir", tmp_path / "o", *argv)
-    assert r.returncode == 2 and match in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+def test_sweep_bad_input_is_one_line(tmp_path, cli, argv, match):
+    code, _, err = cli("scripts/sweep.py", "--out-dir", tmp_path / "o", *argv)
+    assert code == 2 and len(err) == 1 and match in err[0], err
 
 
-@pytest.mark.slow
-def test_unlearn_refuses_an_unknown_method(tmp_path):
-    r = run_script("scripts/unlearn.py", "--method", "magic", "--run-dir", tmp_path / "r")
-    assert r.returncode == 2 and "invalid choice: 'magic'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+def test_unlearn_refuses_an_unknown_method(tmp_path, cli):
+    code, _, err = cli("scripts/unlearn.py", "--method", "magic", "--run-dir", tmp_path / "r")
+    assert code == 2 and len(err) == 1 and "invalid choice: 'magic'" in err[0]
 
 
-@pytest.mark.slow
-def test_aggregate_refuses_a_folder_without_runs(tmp_path):
-    r = run_script("scripts/aggregate.py", tmp_path)
-    assert r.returncode == 1 and "no results.json there" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+def test_aggregate_refuses_a_folder_without_runs(tmp_path, cli):
+    code, _, err = cli("scripts/aggregate.py", tmp_path)
+    assert code == 1 and len(err) == 1 and "no results.json there" in err[0]
 
 
 def test_methods_are_the_package_modules():

@@ -178,13 +178,11 @@ def test_bad_checkpoint_is_one_line_exit_1_before_anything_is_written(script, ba
     assert code == 1 and len(err) == 1 and err[0].startswith(f"error: checkpoint {path} ") and tail in err[0], err
 
 
-@pytest.mark.slow
-def test_unwritable_run_dir(tmp_path):
+def test_unwritable_run_dir(tmp_path, cli):
     (tmp_path / "file").write_text("a file, not a folder")
-    r = run_script("scripts/train_baseline.py", "--epochs", "1", "--limit", "200", "--run-dir", tmp_path / "file" / "r")
-    assert r.returncode == 1
-    want = f"error: --run-dir {tmp_path / 'file' / 'r'} is not writable (Not a directory)"
-    assert r.stderr.strip().splitlines()[-1] == want
+    code, _, err = cli("scripts/train_baseline.py", "--epochs", "1", "--limit", "200", "--run-dir",
+                       tmp_path / "file" / "r")
+    assert code == 1 and err[-1] == f"error: --run-dir {tmp_path / 'file' / 'r'} is not writable (Not a directory)"
 
 
 @pytest.mark.slow

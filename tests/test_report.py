@@ -13,13 +13,15 @@ import torch
 import copy
 
 import sa_dist
-from conftest import LIMIT, run_script
+from conftest import LIMIT, run_script, sa_config
 from sa_dist.analysis.figures import FIGURES, log_to_tensorboard, make_figures
 from sa_dist.analysis.latent import (drift_by_class, latent_block, latent_means, plot_latent_space,
                                      silhouette_by_class, subset, traversal)
 from sa_dist.analysis.report import build_report
+from sa_dist.config import with_values
 from sa_dist.data import load_mnist
 from sa_dist.evaluation.metrics import collateral
+from sa_dist.pipeline import redraw_run, run_unlearn
 from sa_dist.utils import UsageError
 
 
@@ -187,3 +189,15 @@ def test_report_script_rebuilds_from_files_fast(report_dir, tmp_path):
     assert time.perf_counter() - t0 < 30 and f"{d}/report.html" in r.stdout and (d / "report.html").is_file()
     r = run_script("scripts/report.py", tmp_path)
     assert r.returncode == 1 and "holds no results.json" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_run_without_figures_has_its_results_and_report_and_draws_them_later(tiny_baseline, tmp_path):
+    cfg = with_values(sa_config(), {"train.limit": LIMIT, "sa.n_fisher": 200, "eval_samples": 20, "figures": False,
+                                    "sa.sa_epochs": 1, "sa.n_replay": 256})
+    res, run = run_unlearn(cfg, run_dir=str(tmp_path / "run"), checkpoint=str(tiny_baseline[1]))
+    assert not list(run.glob("*.png")) and "latent" not in res and "figures" not in res["timing_s"]
+    assert (run / "report.html").is_file() and "<img" not in (run / "report.html").read_text()
+    assert res["environment"]["cpu_count"] >= 1 and (run / "unlearned.safetensors").is_file()
+    paths = redraw_run(run, baseline=tiny_baseline[1])  # what `scripts/report.py DIR --figures` does
+    assert {p.name for p in paths} == set(FIGURES) - {"curves_baseline.png"}  # --checkpoint: no baseline history
+    assert "latent" in json.loads((run / "results.json").read_text())

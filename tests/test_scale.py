@@ -12,7 +12,7 @@ from accelerate.utils import set_seed
 
 import sa_dist.amnesia
 import sa_dist.objective
-from conftest import ROOT, run_script, sa_config, torchrun
+from conftest import ROOT, sa_config, torchrun
 from sa_dist.checkpoint import load_checkpoint
 from sa_dist.cli.flags import Parser, add_config_args, config_from_args
 from sa_dist.data import loaders
@@ -55,12 +55,10 @@ def test_sync_bn_flag_and_accelerate_launch_mixed_precision_reach_the_run_config
         _args()
 
 
-@pytest.mark.slow
-def test_fp16_on_cpu_is_refused_in_one_line(tmp_path):
-    r = run_script("scripts/unlearn.py", "--mixed-precision", "fp16", "--run-dir", tmp_path / "r",
-                   env={"CUDA_VISIBLE_DEVICES": ""})
-    assert r.returncode == 2
-    assert r.stderr.strip() == "error: --mixed-precision fp16 needs a GPU; on CPU use bf16 or no"
+def test_fp16_on_cpu_is_refused_in_one_line(tmp_path, cli, monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    code, _, err = cli("scripts/unlearn.py", "--mixed-precision", "fp16", "--run-dir", tmp_path / "r")
+    assert code == 2 and err == ["error: --mixed-precision fp16 needs a GPU; on CPU use bf16 or no"]
 
 
 def _record_dtypes(model: nn.Module, seen: list):

@@ -9,7 +9,7 @@ from conftest import LIMIT, ROOT
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("slurm")]  # one test cluster
 
 TINY = (f"--arch linear --width 64 --epochs 1 --limit {LIMIT} --n-fisher 500 --sa_epochs 1 --n-replay 1024 "
-        "--eval-samples 50")
+        "--eval-samples 50 --no-figures")
 
 
 def test_sbatch_sweep_runs_the_grid_as_an_array_and_aggregates(slurm_cluster, tmp_path):

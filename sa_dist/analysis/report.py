@@ -279,11 +279,13 @@ def ensure_curves(run_dir: Path, r: dict) -> None:
         plot_sa_curves(rows, run_dir / "curves_sa.png", z_blind_nelbo((r.get("surrogate") or {}).get("nelbo", {})))
 
 
-def build_report(run_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``report.html`` and ``report.md`` in ``run_dir`` from its results.json, config.yaml and PNGs."""
+def build_report(run_dir: str | Path, draw: bool = True) -> tuple[Path, Path]:
+    """Write ``report.html`` and ``report.md`` in ``run_dir`` from its results.json, config.yaml and PNGs
+    (``draw``: the training curves first when the run has none)."""
     run_dir = Path(run_dir)
     r = load_results(run_dir)
-    ensure_curves(run_dir, r)
+    if draw:
+        ensure_curves(run_dir, r)
     title, secs = headline(run_dir, r), sections(run_dir, r)
     atomic_write_text(run_dir / "report.html", render_html(title, secs))
     atomic_write_text(run_dir / "report.md", render_md(title, secs))

@@ -17,7 +17,7 @@ from ..resume import Interrupted
 from ..utils import UsageError, UserError
 
 MODEL_TRAIN = ("model", "train", "mixed_precision", "sync_bn", "threads", "data_dir")  # the flags of baseline training
-UNLEARN = (*MODEL_TRAIN, "sa", "eval_samples", "protocol", "quick")  # ... and of unlearning
+UNLEARN = (*MODEL_TRAIN, "sa", "eval_samples", "protocol", "quick", "figures")  # ... and of unlearning
 
 
 class Parser(argparse.ArgumentParser):
