@@ -1,17 +1,15 @@
 """Two gloo ranks on the CPU (torchrun --nproc_per_node 2, Accelerator(cpu=True))."""
-import json
 
 import pytest
 import torch
 
 from conftest import ROOT, torchrun
 from sa_dist.checkpoint import load_checkpoint
-from test_scripts import TINY
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("arch", ["conv", "linear"])
+@pytest.mark.parametrize("arch", ["conv"])  # linear: test_scale's sync run asserts the same
 def test_two_ranks_end_with_identical_weights_equal_to_the_saved_checkpoint(tmp_path, arch):
     r = torchrun(ROOT / "tests" / "workers" / "ddp_train.py", tmp_path, arch)
     assert r.returncode == 0, r.stderr[-2000:]
@@ -22,10 +20,4 @@ def test_two_ranks_end_with_identical_weights_equal_to_the_saved_checkpoint(tmp_
         assert torch.equal(r0[k], r1[k]), k  # weights and batch-norm statistics (SyncBatchNorm)
         assert torch.equal(r0[k], v), k
 
-
-def test_unlearn_runs_end_to_end_on_two_ranks(tmp_path):
-    r = torchrun(ROOT / "scripts" / "unlearn.py", *TINY, "--run-dir", tmp_path / "r")
-    assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads((tmp_path / "r" / "results.json").read_text())
-    assert res["processes"] == 2 and sorted(res["after"]["per_class"], key=int) == [str(c) for c in range(10)]
-    assert res["surrogate"]["nelbo"]["after"] < res["surrogate"]["nelbo"]["before"]
+# The unlearning script end to end on two ranks: tests/test_resume.py's uninterrupted 2-rank run.

@@ -253,6 +253,9 @@ def test_sigterm_to_the_launcher_then_resume_on_two_ranks_matches_an_uninterrupt
     assert r.returncode == 0, r.stderr[-2000:]
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (a, b))
     assert ra["processes"] == 2 and all(ra[k] == rb[k] for k in METRICS)
+    # the uninterrupted run: unlearning end to end on two ranks
+    assert rb["processes"] == 2 and sorted(rb["after"]["per_class"], key=int) == [str(c) for c in range(10)]
+    assert rb["surrogate"]["nelbo"]["after"] < rb["surrogate"]["nelbo"]["before"]
 
 
 def test_sigterm_outside_the_loops_is_one_line_exit_143(capsys):

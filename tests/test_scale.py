@@ -122,7 +122,9 @@ def test_ranks_split_the_global_batch_and_sync_bn_off_keeps_the_main_process_sta
         ranks = [torch.load(tmp_path / mode / f"rank{i}.pt") for i in (0, 1)]
         assert all(torch.equal(ranks[0][k], ranks[1][k]) for k in ranks[0])  # identical ranks either way
         assert [(tmp_path / mode / f"steps{i}.txt").read_text() for i in (0, 1)] == ["8", "8"]  # 1024 / 128
-        saved[mode] = load_checkpoint(tmp_path / mode / "main.safetensors")[0].state_dict()
+        model, meta = load_checkpoint(tmp_path / mode / "main.safetensors")
+        saved[mode] = model.state_dict()
+        assert meta["processes"] == "2" and all(torch.equal(ranks[0][k], v) for k, v in saved[mode].items())
     stats = [k for k in saved["sync"] if "running_" in k]
     assert stats and all(not torch.equal(saved["sync"][k], saved["nosync"][k]) for k in stats)
     assert all(torch.equal(saved["sync"][k], saved["nosync"][k]) for k in saved["sync"] if k not in stats
