@@ -8,8 +8,8 @@ cell records the commit, the evaluator, the machine, its wall seconds and the ma
 average at start and end, and the other processes' load (runnable threads outside this process tree, sampled every
 second while the cell ran). The 1-minute average counts the cell's own threads too (2 on a 2-core machine), so the
 mark uses the other processes': a cell is ``loaded`` when they averaged more than ``LOADED`` cores, or when the
-1-minute average was above ``LOAD_AVERAGE_BAR`` + the cell's own threads at its start; a loaded cell's seconds are
-never quoted. A table's ``.md``, ``.json`` and ``.png`` are rendered from its cells alone (``Table.cells``).
+1-minute average was above ``LOAD_AVERAGE_BAR`` + the cell's own threads at its start, or when the sampler woke up
+more than ``PAUSED`` seconds late (the process was stopped or starved); a loaded cell's seconds are never quoted. A table's ``.md``, ``.json`` and ``.png`` are rendered from its cells alone (``Table.cells``).
 
     table = Table("digits")                        # benchmarks/results/digits/
     cell = table.measure("conv-d2-s0", config, fn)  # fn() -> dict, run only if no cell has this config's hash
@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 LOAD_AVERAGE_BAR = 1.5  # the issue's bar on the machine's load average, besides the cell's own threads
 LOADED = 0.5  # cores used by other processes, on average while the cell ran, above which its seconds don't count
+PAUSED = 10.0  # seconds the 1-second load sampler may wake up late before the cell counts as stopped or starved
 
 
 def config_hash(config: dict) -> str:
@@ -103,16 +104,21 @@ def runnable_elsewhere() -> int:
 
 
 class LoadSampler:
-    """Samples ``runnable_elsewhere`` every ``every`` seconds in a daemon thread between ``start`` and ``stop``."""
+    """Samples ``runnable_elsewhere`` every ``every`` seconds in a daemon thread between ``start`` and ``stop``;
+    ``longest_gap``: the longest wait between two samples (a process stopped, say by SIGSTOP, or starved of CPU
+    wakes up late, and its wall seconds are not the cell's own)."""
 
     def __init__(self, every: float = 1.0, probe: Callable[[], float] = runnable_elsewhere):
-        self.every, self.probe, self.samples = every, probe, []
+        self.every, self.probe, self.samples, self.longest_gap = every, probe, [], 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
+        last = time.monotonic()
         while not self._stop.wait(self.every):
             self.samples.append(self.probe())
+            now = time.monotonic()
+            self.longest_gap, last = max(self.longest_gap, now - last), now
 
     def __enter__(self):
         self.samples.append(self.probe())
@@ -128,10 +134,12 @@ class LoadSampler:
         return sum(self.samples) / len(self.samples)
 
 
-def load_record(start: float, end: float, other: float, own_threads: int) -> dict:
-    """The cell's load fields and its ``loaded`` mark (see the module docstring)."""
+def load_record(start: float, end: float, other: float, own_threads: int, gap: float = 0.0) -> dict:
+    """The cell's load fields and its ``loaded`` mark (see the module docstring): ``gap``, the sampler's longest
+    wait, above ``PAUSED`` seconds marks it too (the process was stopped or starved meanwhile)."""
     return {"load_1min_start": round(start, 2), "load_1min_end": round(end, 2), "other_load": round(other, 2),
-            "loaded": other > LOADED or start > LOAD_AVERAGE_BAR + own_threads}
+            "longest_gap_s": round(gap, 2),
+            "loaded": other > LOADED or start > LOAD_AVERAGE_BAR + own_threads or gap > PAUSED}
 
 
 class Table:
@@ -170,7 +178,8 @@ class Table:
         record = {"table": self.name, "cell": cell, "hash": config_hash(config), "config": config,
                   "result": result, "wall_s": round(wall, 2), "commit": git_commit(),
                   "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": info,
-                  **load_record(start, os.getloadavg()[0], sampler.mean, own_threads or info["threads"])}
+                  **load_record(start, os.getloadavg()[0], sampler.mean, own_threads or info["threads"],
+                                sampler.longest_gap)}
         self._write(self.path(cell, config), record)
         log(f"[{self.name}] {cell}: done in {wall:.0f} s" + (" (loaded: seconds not quoted)" if record["loaded"]
                                                             else ""))

@@ -56,6 +56,7 @@ def test_the_load_mark_counts_other_processes_not_the_cells_own_threads():
     assert cells.load_record(2.1, 2.0, 0.1, own_threads=2)["loaded"] is False  # our own 2 threads
     assert cells.load_record(0.3, 2.0, 1.2, own_threads=2)["loaded"] is True  # another job beside it
     assert cells.load_record(4.0, 2.0, 0.0, own_threads=2)["loaded"] is True  # started on a busy machine
+    assert cells.load_record(0.3, 0.3, 0.0, own_threads=2, gap=60.0)["loaded"] is True  # stopped a minute
     assert cells.seconds({"loaded": True}, 12.0) == "(loaded)" and cells.seconds({"loaded": False}, 12.04) == "12.0"
 
 
@@ -68,6 +69,9 @@ def test_the_sampler_counts_a_busy_process_and_leaves_out_this_process_tree():
         assert max(cells.runnable_threads(tree - {busy.pid}) for _ in range(20)) >= 1  # seen when not excluded
         with cells.LoadSampler(every=0.05, probe=lambda: 1.0) as s:
             time.sleep(0.3)
-        assert len(s.samples) >= 3 and s.mean == 1.0
+        assert len(s.samples) >= 3 and s.mean == 1.0 and 0.04 < s.longest_gap < 0.3
+        with cells.LoadSampler(every=0.05, probe=lambda: time.sleep(0.4) or 0.0) as s:  # a sample that comes late
+            time.sleep(0.5)
+        assert s.longest_gap >= 0.4
     finally:
         busy.kill()
