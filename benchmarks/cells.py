@@ -36,6 +36,14 @@ LOADED = 0.5  # cores used by other processes, on average while the cell ran, ab
 PAUSED = 10.0  # seconds the 1-second load sampler may wake up late before the cell counts as stopped or starved
 
 
+PRESENTATION = ("figures",)  # run-config fields that only draw: left out of a cell's key, so they never re-measure
+
+
+def run_key(run: dict) -> dict:
+    """A run config (``asdict(RunConfig)``) as a cell keys on it: without the fields that shape no number."""
+    return {k: v for k, v in run.items() if k not in PRESENTATION}
+
+
 def config_hash(config: dict) -> str:
     """16 hex digits of the SHA-256 of the config as sorted JSON."""
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -19,6 +19,7 @@ import sys
 from dataclasses import asdict
 from functools import partial
 
+from cells import run_key
 from celltables import (Item, add_table_args, dry_run, ensure_run, instruments, once, parse_set, run_config,
                         run_dir, run_plan, table_for, work_dir)
 from digits_render import cell_name, render
@@ -75,7 +76,7 @@ def plan(args, inst: dict, work) -> list[Item]:
                 cfg = run_config(args.values, **{"model.arch": arch, "train.seed": seed, "protocol": "paper",
                                                  "sa.forget": [digit]})
                 config = {"arch": arch, "seed": seed, "forget": [digit], "method": cfg.sa.method,
-                          "protocol": cfg.protocol, "run": asdict(cfg), **inst}
+                          "protocol": cfg.protocol, "run": run_key(asdict(cfg)), **inst}
                 name = cell_name(arch, digit, seed)
                 items.append(Item(name, config, partial(measure, cfg, run_dir(work, name, config), accelerator),
                                   before))

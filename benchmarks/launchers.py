@@ -28,6 +28,7 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
+from cells import run_key
 from celltables import (Item, add_table_args, dry_run, found, instruments, once, provenance, run_dir, run_plan,
                         table_for, work_dir)
 from sa_dist.analysis.plots import save_png, subplots
@@ -129,7 +130,7 @@ def plan(args, cfg: RunConfig | None, inst: dict, work: Path, env: dict) -> list
     for i in range(args.repeats):
         for name in args.launchers:
             config = {"launcher": name, "repeat": i + 1, "script": args.script, "script_args": args.script_args,
-                      "run": asdict(cfg) if cfg else None, **inst}
+                      "run": run_key(asdict(cfg)) if cfg else None, **inst}
             cell = f"{name}-r{i + 1}"
             items.append(Item(cell, config, partial(time_one, name, args, run_dir(work, cell, config), env), warm,
                               own_threads=cores))

@@ -8,7 +8,7 @@ from typing import Optional
 
 import yaml
 
-from cells import RESULTS
+from cells import RESULTS, run_key
 from sa_dist.attacks.suite import AttackConfig
 from sa_dist.config import RunConfig, validate, with_values
 from sa_dist.methods import method_names
@@ -135,7 +135,7 @@ def unit_cells(b: BenchConfig, unit: Unit, fps: dict) -> list[Cell]:
     """The cells of one model, unlearning first: their configs hold everything that shapes them."""
     cfg = run_config(b, unit)
     base = f"{unit.arch}-f{'_'.join(map(str, unit.forget))}-s{unit.seed}-{slug(unit.spec)}"
-    unlearn = {"kind": "unlearn", "spec": unit.spec, "run": asdict(cfg), "evaluator": fps["evaluator"]}
+    unlearn = {"kind": "unlearn", "spec": unit.spec, "run": run_key(asdict(cfg)), "evaluator": fps["evaluator"]}
     a = attack_config(b, unit.seed)
     cells = [Cell(base, "unlearn", unlearn, unit)]
     for k in b.k:

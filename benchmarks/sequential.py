@@ -20,6 +20,7 @@ import sys
 from dataclasses import asdict
 from functools import partial
 
+from cells import run_key
 from celltables import (BARS, Item, add_table_args, dry_run, ensure_run, instruments, once, parse_set, run_config,
                         run_dir, run_plan, table_for, work_dir)
 from sa_dist.cache import get_baseline
@@ -90,7 +91,7 @@ def measure_model(kind: str, chain: list, done: list[int], original, shared: Sha
 def cell_config(model: str, done: list[int], base: RunConfig, inst: dict) -> dict:
     method = {"original": None, "retrain": "retrain"}.get(model, "sa")
     return {"model": model, "requests": list(done), "arch": base.model.arch, "seed": base.train.seed,
-            "method": method, "base": asdict(base), **inst}
+            "method": method, "base": run_key(asdict(base)), **inst}
 
 
 def plan(base: RunConfig, requests: list[int], inst: dict, table, work) -> list[Item]:
