@@ -61,6 +61,20 @@ def git_commit(root: Path = ROOT) -> str | None:
     return head + ("-dirty" if dirty else "")
 
 
+def code_commit(commit: str | None, root: Path = ROOT) -> str:
+    """The newest commit at or before ``commit`` that changed anything but measured results (``benchmarks/results``):
+    the code a cell ran, since ``--commit`` moves HEAD with every cell. ``commit`` itself when git cannot tell."""
+    if not commit:
+        return "?"
+    head, dirty = commit.removesuffix("-dirty"), commit.endswith("-dirty")
+    try:
+        code = subprocess.run(["git", "-C", str(root), "log", "-1", "--format=%H", head, "--", ".",
+                               ":(exclude)benchmarks/results"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return commit
+    return (code or head) + ("-dirty" if dirty else "")
+
+
 def machine() -> dict:
     """The CPU model, the cores this process may use, and the versions that shape numbers."""
     model = platform.processor() or platform.machine()

@@ -22,7 +22,7 @@ from typing import Callable
 
 import yaml
 
-from cells import RESULTS, ROOT, Table, config_hash
+from cells import RESULTS, ROOT, Table, code_commit, config_hash
 from sa_dist.config import RunConfig, load_config, validate, with_values
 from sa_dist.evaluation.evaluator import evaluator_fingerprint, get_evaluator
 from sa_dist.evaluation.metrics import P_BAR
@@ -211,10 +211,10 @@ def provenance(cells: list[dict], expected: int) -> str:
         return f"0 of {expected} cells measured."
     machines = sorted({f"{c['machine']['cpu']} ({c['machine']['cores']} cores, torch {c['machine']['torch']})"
                        for c in cells})
-    commits = sorted({(c.get("commit") or "?")[:12] for c in cells})
+    commits = sorted({code_commit(commit)[:12] for commit in {c.get("commit") for c in cells}})
     dates = sorted(c["finished"][:10] for c in cells)
     loaded = sum(bool(c.get("loaded")) for c in cells)
     ev = sorted({f"v{e['version']} {e['sha256'][:8]}" for c in cells if (e := c["config"].get("evaluator"))})
     return (f"{len(cells)} of {expected} cells measured ({loaded} loaded: their seconds are not quoted); "
-            f"machine {'; '.join(machines)}; commit {', '.join(commits)}; {dates[0]} to {dates[-1]}; "
+            f"machine {'; '.join(machines)}; code at commit {', '.join(commits)}; {dates[0]} to {dates[-1]}; "
             f"evaluator {', '.join(ev) or '?'}.")

@@ -75,3 +75,25 @@ def test_the_sampler_counts_a_busy_process_and_leaves_out_this_process_tree():
         assert s.longest_gap >= 0.4
     finally:
         busy.kill()
+
+
+def test_code_commit_skips_commits_that_only_add_measured_cells(tmp_path):
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), *a], capture_output=True, text=True,  # noqa: E731
+                                    check=True).stdout.strip()
+    git("init", "-q")
+    git("config", "user.email", "t@t"), git("config", "user.name", "t")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "."), git("commit", "-qm", "code")
+    code = git("rev-parse", "HEAD")
+    cell = tmp_path / "benchmarks" / "results" / "t" / "cells" / "a.json"
+    cell.parent.mkdir(parents=True)
+    cell.write_text("{}")
+    git("add", "."), git("commit", "-qm", "cell")
+    head = git("rev-parse", "HEAD")
+    assert head != code
+    assert cells.code_commit(head, tmp_path) == code
+    assert cells.code_commit(head + "-dirty", tmp_path) == code + "-dirty"
+    (tmp_path / "code.py").write_text("x = 2\n")
+    git("commit", "-qam", "change")
+    assert cells.code_commit(git("rev-parse", "HEAD"), tmp_path) == git("rev-parse", "HEAD")
+    assert cells.code_commit("not-a-commit", tmp_path) == "not-a-commit" and cells.code_commit(None, tmp_path) == "?"
