@@ -198,10 +198,10 @@ def quoted(cells: list[dict], value: Callable[[dict], float | None]) -> tuple[di
 
 
 def show_seconds(cells: list[dict], value: Callable[[dict], float | None]) -> str:
-    """Seconds over the unloaded cells (``show``), "(loaded)" when every cell was loaded."""
+    """Seconds over the cells whose seconds count (``show``), "(not quoted)" when none does (``unquotable``)."""
     s, loaded = quoted(cells, value)
     if s is None:
-        return "(loaded)" if loaded else "–"
+        return "(not quoted)" if loaded else "–"
     return show(s, ".1f") + (f" ({loaded} loaded or reused left out)" if loaded else "")
 
 
@@ -214,7 +214,9 @@ def provenance(cells: list[dict], expected: int) -> str:
     commits = sorted({code_commit(commit)[:12] for commit in {c.get("commit") for c in cells}})
     dates = sorted(c["finished"][:10] for c in cells)
     loaded = sum(bool(c.get("loaded")) for c in cells)
+    reused = sum(bool(c["result"].get("run_reused")) and not c.get("loaded") for c in cells)
+    marks = f"{loaded} loaded" + (f", {reused} read from runs made before the cell" if reused else "")
     ev = sorted({f"v{e['version']} {e['sha256'][:8]}" for c in cells if (e := c["config"].get("evaluator"))})
-    return (f"{len(cells)} of {expected} cells measured ({loaded} loaded: their seconds are not quoted); "
+    return (f"{len(cells)} of {expected} cells measured ({marks}: their seconds are not quoted); "
             f"machine {'; '.join(machines)}; code at commit {', '.join(commits)}; {dates[0]} to {dates[-1]}; "
             f"evaluator {', '.join(ev) or '?'}.")

@@ -17,11 +17,11 @@ def tag(done: list[int]) -> str:
 
 def cumulative(cells: list[dict | None]) -> float | str:
     """Seconds summed over ``cells`` (a sequential model's requests so far): "missing" when one is not measured,
-    "loaded" when one's seconds do not count (``celltables.unquotable``)."""
+    "not quoted" when one's seconds do not count (loaded, or read from a run made before: ``unquotable``)."""
     if any(c is None for c in cells):
         return "missing"
     if any(unquotable(c) for c in cells):
-        return "loaded"
+        return "not quoted"
     return sum(c["result"]["seconds"] for c in cells)
 
 
@@ -65,7 +65,8 @@ def markdown(st: list[dict], original: dict | None, command: str, line: str) -> 
             f"Bars per row: P(y=c) ≤ {BARS['forgotten_p']} for every forgotten class; the never-forgotten classes' "
             f"sample accuracy within {BARS['retained_acc_drop_pts']} point and test nELBO within "
             f"{BARS['retained_nelbo_rise_pct']}% of θ*'s on the same classes. Seconds: Fisher + SA of every request "
-            "so far (sequential), one Fisher + SA (at_once), the training (retrain); a loaded cell's are not quoted.",
+            "so far (sequential), one Fisher + SA (at_once), the training (retrain); a loaded cell's, or one read from a run made before it, are "
+            "not quoted.",
             ""]
     if original is not None:
         head += [f"θ*: baseline {original['result']['baseline_key']}.", ""]

@@ -56,7 +56,11 @@ def test_spread_show_and_unquoted_seconds():
                              for v, lo, r in ((10.0, False, False), (99.0, True, False), (50.0, False, True)))
     assert celltables.show_seconds([quiet, loaded, reused], lambda c: c["result"]["s"]) == \
         "10.0 (2 loaded or reused left out)"
-    assert celltables.show_seconds([loaded], lambda c: c["result"]["s"]) == "(loaded)"
+    assert celltables.show_seconds([loaded], lambda c: c["result"]["s"]) == "(not quoted)"
+    assert celltables.show_seconds([reused], lambda c: c["result"]["s"]) == "(not quoted)"
+    line = celltables.provenance([{**c, "config": {}, "machine": {"cpu": "x", "cores": 2, "torch": "t"},
+                                   "commit": None, "finished": "2026-12-05T00:00:00"} for c in (quiet, loaded, reused)], 3)
+    assert "3 of 3 cells measured (1 loaded, 1 read from runs made before the cell: their seconds" in line
 
 
 # ---- digits ------------------------------------------------------------------------------------------------------
@@ -193,9 +197,9 @@ def test_sequential_table_from_hand_made_cells_with_a_missing_and_a_loaded_cell(
     put(table, by["retrain-2_7"], seq_result({"2": 0.02, "7": 0.02}, seconds=390.0))
     md = sequential.render(table, items, [2, 7], base, "python benchmarks/sequential.py --requests 2 7")
     rows = [r for r in md.splitlines() if r.startswith("| 1 ") or r.startswith("| 2 ")]
-    assert rows[0] == "| 1 | 2 | sequential | 2: 0.0004 | 98.00% | -0.10 | 96.00 (+1.00%) | (loaded) | yes |"
+    assert rows[0] == "| 1 | 2 | sequential | 2: 0.0004 | 98.00% | -0.10 | 96.00 (+1.00%) | (not quoted) | yes |"
     assert rows[1].endswith("| 41.0 | yes |") and rows[2].endswith("| 400.0 | no |")
-    assert "| 2 | 2, 7 | sequential | 2: 0.0300, 7: 0.0010 |" in rows[3] and rows[3].endswith("| (loaded) | no |")
+    assert "| 2 | 2, 7 | sequential | 2: 0.0300, 7: 0.0010 |" in rows[3] and rows[3].endswith("| (not quoted) | no |")
     assert rows[4] == "| 2 | 2, 7 | at_once | missing | – | – | – | – | – |"
     assert "after request 2: sequential no, at_once –, retrain no" in md
     data = json.loads((table.dir / "sequential.json").read_text())
