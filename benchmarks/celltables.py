@@ -214,7 +214,7 @@ def provenance(cells: list[dict], expected: int) -> str:
     commits = sorted({code_commit(commit)[:12] for commit in {c.get("commit") for c in cells}})
     dates = sorted(c["finished"][:10] for c in cells)
     loaded = sum(bool(c.get("loaded")) for c in cells)
-    reused = sum(bool(c["result"].get("run_reused")) and not c.get("loaded") for c in cells)
+    reused = sum(map(unquotable, cells)) - loaded  # the rest of the unquotable: read from runs made before
     marks = f"{loaded} loaded" + (f", {reused} read from runs made before the cell" if reused else "")
     ev = sorted({f"v{e['version']} {e['sha256'][:8]}" for c in cells if (e := c["config"].get("evaluator"))})
     return (f"{len(cells)} of {expected} cells measured ({marks}: their seconds are not quoted); "

@@ -65,8 +65,8 @@ def markdown(st: list[dict], original: dict | None, command: str, line: str) -> 
             f"Bars per row: P(y=c) ≤ {BARS['forgotten_p']} for every forgotten class; the never-forgotten classes' "
             f"sample accuracy within {BARS['retained_acc_drop_pts']} point and test nELBO within "
             f"{BARS['retained_nelbo_rise_pct']}% of θ*'s on the same classes. Seconds: Fisher + SA of every request "
-            "so far (sequential), one Fisher + SA (at_once), the training (retrain); a loaded cell's, or one read from a run made before it, are "
-            "not quoted.",
+            "so far (sequential), one Fisher + SA (at_once), the training (retrain); a loaded cell's, or one read "
+            "from a run made before it, are not quoted.",
             ""]
     if original is not None:
         head += [f"θ*: baseline {original['result']['baseline_key']}.", ""]
