@@ -83,3 +83,15 @@ def test_make_accelerator_sets_and_logs_once(restore_threads, monkeypatch, capsy
     assert capsys.readouterr().out.count("sa_dist: 3 CPU thread(s) per process ($SA_DIST_THREADS)") == 1
     runtime.make_accelerator(cpu=True, project_dir="unused", threads=2)  # a new count is logged again
     assert torch.get_num_threads() == 2 and "sa_dist: 2 CPU thread(s) per process (--threads)" in capsys.readouterr().out
+
+
+def test_each_xdist_worker_runs_its_share_of_the_cores(restore_threads):
+    """The suite's own processes: each of N xdist workers (and what it starts) gets cores // N threads, not the
+    controller's whole-machine count that it inherits (2 workers x 2 threads on 2 cores made the fast lane 3x slower)."""
+    if os.environ["SA_DIST_TEST_THREADS_GIVEN"]:
+        pytest.skip("$SA_DIST_THREADS was given to pytest: that count is used as it is")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    share = max(1, len(os.sched_getaffinity(0)) // workers)
+    assert os.environ["SA_DIST_THREADS"] == os.environ["OMP_NUM_THREADS"] == str(share)
+    runtime.make_accelerator(cpu=True, project_dir="unused")
+    assert torch.get_num_threads() == share
