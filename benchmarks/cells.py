@@ -21,6 +21,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -222,6 +223,24 @@ class Table:
         """Every cell of the table, by file name; a table is rendered from these alone."""
         return [json.loads(p.read_text()) for p in sorted(self.cells_dir.glob("*.json"))]
 
+    def rekey(self, old: str, new: str, why: str) -> int:
+        """Every cell whose config names the fingerprint ``old`` (any ``sha256`` value, nested or not) is keyed on
+        ``new`` instead: config and hash rewritten, file renamed, the change recorded in the cell's ``rekeyed``
+        list. Only for an instrument shown to score identically under both digests (``why`` says how). Returns
+        the count."""
+        n = 0
+        for path in sorted(self.cells_dir.glob("*.json")):
+            record = json.loads(path.read_text())
+            config = _swap_sha(record["config"], old, new)
+            if config == record["config"]:
+                continue
+            record.update(config=config, hash=config_hash(config),
+                          rekeyed=[*record.get("rekeyed", []), {"from": old, "to": new, "why": why}])
+            self._write(self.path(record["cell"], config), record)
+            path.unlink()
+            n += 1
+        return n
+
     def write(self, stem: str, data: dict, markdown: str) -> None:
         """The rendered table: ``<stem>.json`` and ``<stem>.md`` beside the cells (atomically)."""
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -231,8 +250,24 @@ class Table:
             os.replace(tmp, self.dir / f"{stem}{suffix}")
 
 
+def _swap_sha(value, old: str, new: str):
+    """``value`` (a cell config) with every ``"sha256": old`` replaced by ``new``."""
+    if isinstance(value, dict):
+        return {k: new if k == "sha256" and v == old else _swap_sha(v, old, new) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_swap_sha(v, old, new) for v in value]
+    return value
+
+
 def seconds(cell: dict, value: float | None) -> str:
     """``value`` seconds as a table shows them: a loaded cell's seconds are never quoted."""
     if value is None:
         return "–"
     return "(loaded)" if cell.get("loaded") else f"{value:.1f}"
+
+
+if __name__ == "__main__":  # python benchmarks/cells.py rekey OLD NEW "why" TABLE...
+    if len(sys.argv) < 6 or sys.argv[1] != "rekey":
+        sys.exit('usage: python benchmarks/cells.py rekey OLD_SHA256 NEW_SHA256 "why" TABLE [TABLE ...]')
+    for table in sys.argv[5:]:
+        print(f"{table}: {Table(table).rekey(sys.argv[2], sys.argv[3], sys.argv[4])} cells rekeyed")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import hashlib
 import shutil
 import statistics
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from cells import RESULTS, ROOT, Table, code_commit, config_hash
 from sa_dist.config import RunConfig, load_config, validate, with_values
 from sa_dist.evaluation.evaluator import evaluator_fingerprint, get_evaluator
 from sa_dist.evaluation.metrics import P_BAR
-from sa_dist.evaluation.paper import PAPER_VERSION, get_paper_classifier, paper_classifier_path
+from sa_dist.evaluation.paper import get_paper_classifier, paper_classifier_path, paper_fingerprint
 from sa_dist.pipeline import run_unlearn
 from sa_dist.runs import load_results
 from sa_dist.utils import UsageError, cache_root
@@ -104,11 +103,6 @@ def run_config(values: dict, **cell) -> RunConfig:
         raise UsageError(f"--set: a key that is not a config field among {', '.join(sorted(values))}") from None
 
 
-def file_fingerprint(path: Path, version: int) -> dict | None:
-    """``{"version", "sha256"}`` of a cached network file, None when it is not there yet."""
-    return {"version": version, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()} if path.is_file() else None
-
-
 def instruments(cfg: RunConfig, paper: bool = False, make: bool = True) -> dict | None:
     """The fingerprints of the networks that score ``cfg``'s runs, for every cell's config: the evaluator (and with
     ``paper`` the paper protocol's classifier). ``make``: train what is missing first; else None when one is."""
@@ -118,7 +112,8 @@ def instruments(cfg: RunConfig, paper: bool = False, make: bool = True) -> dict 
             get_paper_classifier(None, cfg.data_dir, limit=cfg.train.limit)
     out = {"evaluator": evaluator_fingerprint()}  # the packaged network: always there, whatever the limit
     if paper:
-        out["paper_classifier"] = file_fingerprint(paper_classifier_path(limit=cfg.train.limit), PAPER_VERSION)
+        there = paper_classifier_path(limit=cfg.train.limit).is_file()
+        out["paper_classifier"] = paper_fingerprint(limit=cfg.train.limit) if there else None
     return out if all(out.values()) else None
 
 

@@ -2,6 +2,7 @@
 Fisher files keyed by parameter name."""
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -22,6 +23,19 @@ def save_tensors(path: Path | str, tensors: dict[str, torch.Tensor], meta: dict)
     meta = {"format_version": str(FORMAT_VERSION), **{k: v if isinstance(v, str) else json.dumps(v)
                                                        for k, v in meta.items()}}
     atomic_write_bytes(path, st_save(flat, metadata=meta))
+
+
+def tensors_sha256(path: Path | str) -> str:
+    """SHA-256 of a safetensors file's tensors alone (name, dtype, shape and bytes, in name order): two trainings
+    that give the same weights give the same digest, whatever seconds or accuracy their metadata records."""
+    tensors, _ = load_tensors(path, what="network file")
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        flat = t.contiguous().reshape(-1)  # 1-d, so a 0-dim tensor (a step count) can be viewed as bytes
+        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return h.hexdigest()
 
 
 def load_tensors(path: Path | str, what: str = "checkpoint") -> tuple[dict[str, torch.Tensor], dict]:

@@ -41,6 +41,25 @@ def test_a_cell_is_measured_once_per_config_and_a_changed_config_is_a_new_cell(t
     assert sorted(c["result"]["p"] for c in table.cells()) == [1, 2, 3]  # a table reads every cell on disk
 
 
+def test_rekey_moves_only_the_cells_that_name_the_old_digest_and_records_why(tmp_path):
+    table, log = cells.Table("t", results=tmp_path), (lambda *a: None)
+    old, other = {"version": 1, "sha256": "old"}, {"version": 1, "sha256": "other"}
+    table.measure("a", {"unlearn": {"x": 1}, "paper": old}, lambda: {"p": 1}, evaluator=other, log=log)
+    table.measure("b", {"paper": other}, lambda: {"p": 2}, evaluator=other, log=log)
+    assert table.rekey("old", "new", "same scores") == 1
+    names = sorted(p.name for p in table.cells_dir.glob("*.json"))
+    assert len(names) == 2 and not list(table.cells_dir.glob(".*"))
+    moved = table.get("a", {"unlearn": {"x": 1}, "paper": {"version": 1, "sha256": "new"}, "evaluator": other})
+    assert moved is not None and moved["result"] == {"p": 1} and moved["rekeyed"][0]["from"] == "old"
+    assert moved["hash"] == cells.config_hash(moved["config"])
+    assert table.get("a", {"unlearn": {"x": 1}, "paper": old, "evaluator": other}) is None  # the old key is gone
+    assert table.get("b", {"paper": other, "evaluator": other})["result"] == {"p": 2}  # untouched
+    calls = []
+    table.measure("a", {"unlearn": {"x": 1}, "paper": {"version": 1, "sha256": "new"}}, lambda: calls.append(1),
+                  evaluator=other, log=log)
+    assert not calls  # a run keyed on the new digest finds the rekeyed cell
+
+
 def test_a_cell_that_fails_writes_nothing(tmp_path):
     table = cells.Table("t", results=tmp_path)
 

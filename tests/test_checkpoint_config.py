@@ -5,7 +5,7 @@ import pytest
 import torch
 import yaml
 
-from sa_dist.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint, save_tensors
+from sa_dist.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint, save_tensors, tensors_sha256
 from sa_dist.cli.flags import Parser, add_config_args, add_run_args, config_from_args
 from sa_dist.config import RunConfig, load_config, save_config
 from sa_dist.models import ModelConfig, build_model
@@ -20,6 +20,21 @@ def test_checkpoint_round_trip_rebuilds_the_model(tmp_path):
     assert m2.cfg == m.cfg and meta["format_version"] == str(FORMAT_VERSION)
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), m2.state_dict().values()))
     assert [p.name for p in tmp_path.iterdir()] == ["c.safetensors"]  # no temp file left behind
+
+
+def test_the_weights_digest_ignores_metadata_and_sees_any_changed_value(tmp_path):
+    w = {"b": torch.zeros(3), "a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "n": torch.tensor(7)}
+    save_tensors(tmp_path / "one.safetensors", w, {"seconds": 125.1})
+    save_tensors(tmp_path / "two.safetensors", dict(reversed(list(w.items()))), {"seconds": 131.7, "acc": 0.97})
+    assert (tmp_path / "one.safetensors").read_bytes() != (tmp_path / "two.safetensors").read_bytes()
+    assert tensors_sha256(tmp_path / "one.safetensors") == tensors_sha256(tmp_path / "two.safetensors")
+    w["a"][1, 2] = torch.nextafter(w["a"][1, 2], torch.tensor(10.0))  # one ulp
+    save_tensors(tmp_path / "three.safetensors", w, {"seconds": 125.1})
+    assert tensors_sha256(tmp_path / "three.safetensors") != tensors_sha256(tmp_path / "one.safetensors")
+    save_tensors(tmp_path / "four.safetensors", {**w, "a": w["a"].double()}, {})
+    assert tensors_sha256(tmp_path / "four.safetensors") != tensors_sha256(tmp_path / "three.safetensors")
+    save_tensors(tmp_path / "five.safetensors", {**w, "a": w["a"].reshape(3, 2)}, {})  # same bytes, other shape
+    assert tensors_sha256(tmp_path / "five.safetensors") != tensors_sha256(tmp_path / "three.safetensors")
 
 
 def test_bad_checkpoints_are_one_line_errors(tmp_path):

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..checkpoint import load_tensors, save_tensors
+from ..checkpoint import load_tensors, save_tensors, tensors_sha256
 from ..data import batch_loader, data_checksum, load_mnist
 from ..utils import UserError, cache_root, stable_hash
 from .calibration import expected_calibration_error, fit_temperature
@@ -185,8 +185,9 @@ def cached_net(path, kind: str, train, make_net, accelerator=None, device="cpu")
 def evaluator_fingerprint(seed: int = SHIPPED_SEED, limit: int | None = None) -> dict:
     """``{"version", "sha256"}`` of the evaluator runs score with (its weights file): what a benchmark cell records
     and keys on, so a changed instrument measures anew. A non-shipped one must be cached (``get_evaluator``)."""
-    path = WEIGHTS if seed == SHIPPED_SEED else evaluator_path(seed, limit)
-    return {"version": EVALUATOR_VERSION, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    if seed == SHIPPED_SEED:  # the shipped file itself, checked against WEIGHTS_SHA256 when loaded
+        return {"version": EVALUATOR_VERSION, "sha256": hashlib.sha256(WEIGHTS.read_bytes()).hexdigest()}
+    return {"version": EVALUATOR_VERSION, "sha256": tensors_sha256(evaluator_path(seed, limit))}  # weights only
 
 
 def shipped_evaluator(device="cpu", path: Path = WEIGHTS, sha256: str | None = None) -> tuple[Classifier, dict]:

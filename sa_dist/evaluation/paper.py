@@ -15,13 +15,13 @@ that is the point of the protocol, the comparison with the paper, not a better m
 """
 from __future__ import annotations
 
-import hashlib
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..checkpoint import tensors_sha256
 from ..data import batch_loader, data_checksum, load_mnist
 from ..utils import cache_root, stable_hash
 from .evaluator import cached_net
@@ -88,10 +88,10 @@ def paper_classifier_path(seed: int = 0, limit: int | None = None, epochs: int =
 
 
 def paper_fingerprint(seed: int = 0, limit: int | None = None) -> dict:
-    """``{"version", "sha256"}`` of the paper classifier's weights file (``get_paper_classifier`` makes it): what a
+    """``{"version", "sha256"}`` of the paper classifier's weights (``get_paper_classifier`` makes it; the digest of
+    its tensors alone, ``checkpoint.tensors_sha256``, since the file also records its training seconds): what a
     benchmark cell that reports its P records and keys on, like ``evaluator.evaluator_fingerprint``."""
-    path = paper_classifier_path(seed, limit)
-    return {"version": PAPER_VERSION, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    return {"version": PAPER_VERSION, "sha256": tensors_sha256(paper_classifier_path(seed, limit))}
 
 
 def get_paper_classifier(accelerator=None, data_dir: str | None = None, seed: int = 0, limit: int | None = None,
