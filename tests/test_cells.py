@@ -60,6 +60,38 @@ def test_rekey_moves_only_the_cells_that_name_the_old_digest_and_records_why(tmp
     assert not calls  # a run keyed on the new digest finds the rekeyed cell
 
 
+def test_a_cell_is_keyed_on_its_cpu_and_another_cpus_cells_are_read_not_measured(tmp_path, monkeypatch):
+    log, calls = (lambda *a: None), []
+    here = cells.Table("t", results=tmp_path)
+    rec = here.measure("a", {"x": 1}, lambda: calls.append(1) or {"p": 1}, log=log)
+    assert rec["config"]["platform"] == {"cpu": cells.machine()["cpu"], "torch": cells.machine()["torch"]}
+    assert rec["hash"] == cells.config_hash(rec["config"]) and len(calls) == 1
+    monkeypatch.setenv(cells.CPU_ENV, "Other CPU")
+    there = cells.Table("t", results=tmp_path)
+    assert there.get("a", {"x": 1}) is None  # another CPU's weights are other numbers
+    with pytest.raises(RuntimeError, match="not measured on Other CPU"):
+        there.measure("a", {"x": 1}, lambda: calls.append(1) or {"p": 2}, log=log)
+    assert len(calls) == 1 and len(list(there.cells_dir.glob("*.json"))) == 1
+    monkeypatch.setenv(cells.CPU_ENV, cells.machine()["cpu"])
+    assert cells.Table("t", results=tmp_path).get("a", {"x": 1})["result"] == {"p": 1}
+
+
+def test_cells_keyed_before_the_platform_get_the_one_their_record_names(tmp_path):
+    table = cells.Table("t", results=tmp_path)
+    table.cells_dir.mkdir(parents=True)
+    old = {"table": "t", "cell": "a", "config": {"x": 1}, "hash": cells.config_hash({"x": 1}), "result": {"p": 1},
+           "machine": {"cpu": "Intel(R) Xeon(R) Processor", "torch": "2.14.1"}}
+    (table.cells_dir / f"a-{old['hash']}.json").write_text(json.dumps(old))
+    assert table.key_by_platform() == 1 and table.key_by_platform() == 0
+    (path,) = table.cells_dir.glob("*.json")
+    rec = json.loads(path.read_text())
+    assert rec["config"] == {"x": 1, "platform": {"cpu": "Intel(R) Xeon(R) Processor", "torch": "2.14.1"}}
+    assert path.name == f"a-{cells.config_hash(rec['config'])}.json" and rec["result"] == {"p": 1}
+    intel = cells.Table("t", results=tmp_path, cpu="Intel(R) Xeon(R) Processor")
+    intel.platform["torch"] = "2.14.1"
+    assert intel.get("a", {"x": 1})["result"] == {"p": 1}
+
+
 def test_a_cell_that_fails_writes_nothing(tmp_path):
     table = cells.Table("t", results=tmp_path)
 
