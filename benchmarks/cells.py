@@ -100,6 +100,12 @@ def platform_key(cpu: str | None = None) -> dict:
     return {"cpu": cpu or os.environ.get(CPU_ENV) or m["cpu"], "torch": m["torch"]}
 
 
+def cell_key(config: dict, platform: dict | None = None) -> dict:
+    """The config a cell (and the run it measures) is keyed on: ``config`` with its platform (default this
+    machine's, ``platform_key()``)."""
+    return {**config, "platform": platform or platform_key()}
+
+
 def _tree(pid: int) -> set[int]:
     """``pid`` and every process descended from it, from /proc."""
     children: dict[int, list[int]] = {}
@@ -186,7 +192,7 @@ class Table:
 
     def key(self, config: dict) -> dict:
         """The config a cell of ``config`` is keyed on and records: with this table's ``platform``."""
-        return {**config, "platform": self.platform}
+        return cell_key(config, self.platform)
 
     def path(self, cell: str, config: dict) -> Path:
         return self.cells_dir / f"{cell}-{config_hash(self.key(config))}.json"

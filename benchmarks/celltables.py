@@ -21,7 +21,7 @@ from typing import Callable
 
 import yaml
 
-from cells import RESULTS, ROOT, Table, code_commit, config_hash
+from cells import RESULTS, ROOT, Table, cell_key, code_commit, config_hash
 from sa_dist.config import RunConfig, load_config, validate, with_values
 from sa_dist.evaluation.evaluator import evaluator_fingerprint, get_evaluator
 from sa_dist.evaluation.metrics import P_BAR
@@ -118,8 +118,10 @@ def instruments(cfg: RunConfig, paper: bool = False, make: bool = True) -> dict 
 
 
 def run_dir(work: Path, name: str, config: dict) -> Path:
-    """The run directory of the cell ``name`` of ``config``: ``work/<cell>-<config hash>``."""
-    return Path(work) / f"{name}-{config_hash(config)}"
+    """The run directory of the cell ``name`` of ``config`` measured here: ``work/<cell>-<hash>``, the hash of the
+    cell's key (its platform included, so a work folder shared by two CPU models never hands one's run to the
+    other), the same name as the cell's file."""
+    return Path(work) / f"{name}-{config_hash(cell_key(config))}"
 
 
 def ensure_run(cfg: RunConfig, path: Path, accelerator, checkpoint: str | None = None) -> tuple[dict, bool]:

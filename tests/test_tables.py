@@ -95,7 +95,9 @@ def test_digits_cells_are_keyed_by_arch_seed_and_digit_and_run_baseline_by_basel
     assert items[0].before is items[9].before and items[9].before is not items[10].before  # one baseline per group
     cfg = items[12].fn.args[0]  # conv, seed 1, digit 2
     assert (cfg.model.arch, cfg.train.seed, cfg.sa_seed, cfg.sa.forget, cfg.protocol) == ("conv", 1, 1, [2], "paper")
-    assert items[12].fn.args[1].name == f"conv-d2-s1-{cells.config_hash(items[12].config)}"  # run dir: cell hash
+    # the run dir is named like the cell's file (its key carries the platform)
+    assert items[12].fn.args[1].name == cells.Table("digits").path("conv-d2-s1", items[12].config).stem
+    assert items[12].fn.args[1].name != f"conv-d2-s1-{cells.config_hash(items[12].config)}"
     assert items[12].config["evaluator"] == INST["evaluator"] and items[12].config["run"]["train"]["seed"] == 1
     other = digits_plan(tmp_path, inst={"evaluator": {"version": 4, "sha256": "cd" * 32}})[2]
     assert cells.config_hash(other[12].config) != cells.config_hash(items[12].config)  # a new evaluator re-measures
@@ -161,7 +163,7 @@ def test_sequential_cells_and_run_folders_are_keyed_by_requests_arch_and_seed(tm
     names = [i.name for i in items]
     assert names == ["original", "sequential-2", "at_once-2", "retrain-2", "sequential-2_7", "at_once-2_7",
                      "retrain-2_7", "sequential-2_7_4", "at_once-2_7_4", "retrain-2_7_4"]
-    key = lambda its: {i.name: cells.config_hash(i.config) for i in its}  # noqa: E731
+    key = lambda its: {i.name: cells.config_hash(cells.cell_key(i.config)) for i in its}  # noqa: E731
     mine = key(items)
     other_third = key(seq_plan(tmp_path, [2, 7, 9])[2])
     assert all(other_third[n] == mine[n] for n in names[:7])  # the same first two requests: the same runs
