@@ -106,6 +106,11 @@ def cell_key(config: dict, platform: dict | None = None) -> dict:
     return {**config, "platform": platform or platform_key()}
 
 
+def cell_stem(cell: str, config: dict, platform: dict | None = None) -> str:
+    """``<cell>-<hash of its key>``: the name of a cell's file and of the run folder it measures."""
+    return f"{cell}-{config_hash(cell_key(config, platform))}"
+
+
 def _tree(pid: int) -> set[int]:
     """``pid`` and every process descended from it, from /proc."""
     children: dict[int, list[int]] = {}
@@ -195,7 +200,7 @@ class Table:
         return cell_key(config, self.platform)
 
     def path(self, cell: str, config: dict) -> Path:
-        return self.cells_dir / f"{cell}-{config_hash(self.key(config))}.json"
+        return self.cells_dir / f"{cell_stem(cell, config, self.platform)}.json"
 
     def get(self, cell: str, config: dict) -> dict | None:
         """The finished cell of this config, or None."""

@@ -21,7 +21,7 @@ from typing import Callable
 
 import yaml
 
-from cells import RESULTS, ROOT, Table, cell_key, code_commit, config_hash
+from cells import RESULTS, ROOT, Table, cell_stem, code_commit
 from sa_dist.config import RunConfig, load_config, validate, with_values
 from sa_dist.evaluation.evaluator import evaluator_fingerprint, get_evaluator
 from sa_dist.evaluation.metrics import P_BAR
@@ -121,7 +121,7 @@ def run_dir(work: Path, name: str, config: dict) -> Path:
     """The run directory of the cell ``name`` of ``config`` measured here: ``work/<cell>-<hash>``, the hash of the
     cell's key (its platform included, so a work folder shared by two CPU models never hands one's run to the
     other), the same name as the cell's file."""
-    return Path(work) / f"{name}-{config_hash(cell_key(config))}"
+    return Path(work) / cell_stem(name, config)
 
 
 def ensure_run(cfg: RunConfig, path: Path, accelerator, checkpoint: str | None = None) -> tuple[dict, bool]:
