@@ -41,9 +41,20 @@ CPU_ENV = "SA_DIST_CELLS_CPU"  # read (render, dry-run) the cells measured on th
 PRESENTATION = ("figures",)  # run-config fields that only draw: left out of a cell's key, so they never re-measure
 
 
+# Run-config fields added after cells were measured, with the value that reproduces the runs made before them. A
+# key leaves such a field out while it holds that value, so adding a field to the config re-measures nothing (a
+# cell's key is the full run config: without this every committed cell would be orphaned by a new field).
+NEUTRAL = {("sa", "sam_rho"): 0.0}  # SAM on the surrogate term (2026-12-06): 0 is the paper's SA
+
+
 def run_key(run: dict) -> dict:
-    """A run config (``asdict(RunConfig)``) as a cell keys on it: without the fields that shape no number."""
-    return {k: v for k, v in run.items() if k not in PRESENTATION}
+    """A run config (``asdict(RunConfig)``) as a cell keys on it: without the fields that shape no number, and
+    without the ``NEUTRAL`` fields at their neutral value."""
+    out = {k: v for k, v in run.items() if k not in PRESENTATION}
+    for (section, name), neutral in NEUTRAL.items():
+        if isinstance(out.get(section), dict) and out[section].get(name, neutral) == neutral:
+            out[section] = {k: v for k, v in out[section].items() if k != name}
+    return out
 
 
 def config_hash(config: dict) -> str:

@@ -20,8 +20,8 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig, validate
 from .data import TensorBatches, batch_loader
-from .models import CVAE, plain_copy
-from .objective import Regulariser, ewc, regularised_objective, rms, weight_distance
+from .models import CVAE, negative_elbo, plain_copy
+from .objective import Regulariser, ewc, injected, regularised_objective, rms, sam_epsilon, weight_distance
 from .resume import Checkpointer, inject
 from .runtime import check_device, check_finite, rank_noise, start_tracking, stop_tracking, wrap_model
 from .surrogate import get_surrogate
@@ -144,16 +144,41 @@ def selective_amnesia(model: CVAE, fisher: dict | None, accelerator, cfg: RunCon
     ckpt = checkpointer or Checkpointer(accelerator, None, "sa")
     batches, history, step = _steps(replay, surr, s.sa_epochs, ckpt)
     objective = dict(regulariser=reg, gamma=s.gamma, surrogate_weight=surrogate_weight)
-    _loop(net, opt, accelerator, batches, history, step, ckpt, objective, s.sa_epochs * len(replay))
+    _loop(net, opt, accelerator, batches, history, step, ckpt, objective, s.sa_epochs * len(replay), s.sam_rho)
     if log_dir is not None:
         stop_tracking(accelerator)
     ckpt.finish()
     return plain_copy(accelerator.unwrap_model(net)), history
 
 
-def _loop(net, opt, accelerator, batches, history: list, step: int, ckpt, objective: dict, total: int) -> None:
+def sam_surrogate(net, accelerator, surrogate: tuple[torch.Tensor, torch.Tensor], rho: float,
+                  weight: float) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """SAM on the surrogate term (arXiv:2502.05374, after Foret et al. 2021): (the term -E_q ELBO at theta, the
+    gradient of weight * -E_q ELBO at theta + epsilon), epsilon = ``sam_epsilon`` of the term's gradient at theta.
+    That gradient is averaged over processes first, so every process climbs the same way; the weights are restored
+    exactly. SA then descends the worst surrogate loss within rho of theta: a flat forgetting, harder to undo."""
+    plain = accelerator.unwrap_model(net)
+    params = list(plain.parameters())
+    s = negative_elbo(plain, *surrogate).mean()  # (,)
+    grads = torch.autograd.grad(s, params)
+    flat = accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")  # (N,)
+    eps = sam_epsilon(list(flat.split([g.numel() for g in grads])), rho)
+    saved = [p.detach().clone() for p in params]
+    with torch.no_grad():
+        for p, e in zip(params, eps):
+            p.add_(e.view_as(p))
+    adv = torch.autograd.grad(weight * negative_elbo(plain, *surrogate).mean(), params)
+    with torch.no_grad():
+        for p, v in zip(params, saved):
+            p.copy_(v)
+    return s.detach(), list(adv)
+
+
+def _loop(net, opt, accelerator, batches, history: list, step: int, ckpt, objective: dict, total: int,
+          sam_rho: float = 0.0) -> None:
     """The SA steps: objective, a finite check of every term, the update, a float row per step (the third term
-    under its regulariser's name)."""
+    under its regulariser's name). ``sam_rho`` > 0: the surrogate term's gradient is taken at SAM's ascent point
+    (``sam_surrogate``), the other terms' at theta."""
     dev, rank = accelerator.device, accelerator.process_index
     names = (*TERMS[:2], objective["regulariser"].name, TERMS[3])
     bar = tqdm(total=total, initial=step, desc="selective amnesia", disable=not accelerator.is_local_main_process)
@@ -161,13 +186,17 @@ def _loop(net, opt, accelerator, batches, history: list, step: int, ckpt, object
     with ckpt.catching_signals(), bar:  # the bar ends its line also when a fault stops the loop
         for (xr, cr), (xs, cs) in batches:
             step += 1
-            terms = regularised_objective(net, (xs.to(dev), cs.to(dev)), (xr.to(dev), cr.to(dev)), **objective)
+            surrogate, extra = (xs.to(dev), cs.to(dev)), 0.0
+            if sam_rho > 0:
+                surrogate, adv = sam_surrogate(net, accelerator, surrogate, sam_rho, objective["surrogate_weight"])
+                extra = injected(accelerator.unwrap_model(net).parameters(), adv)
+            terms = regularised_objective(net, surrogate, (xr.to(dev), cr.to(dev)), **objective)
             row = {"step": step, **dict(zip(names, (t.item() for t in terms)))}
             row["surrogate_nelbo"] = inject("sa", step, rank, row["surrogate_nelbo"])
             for term in names:
                 check_finite(row[term], step, f"SA {term}", ckpt)
             opt.zero_grad(set_to_none=True)
-            accelerator.backward(terms.total)
+            accelerator.backward(terms.total + extra)
             opt.step()
             history.append(row)
             accelerator.log({f"sa/{k}": v for k, v in row.items() if k != "step"}, step=step)

@@ -48,6 +48,7 @@ class SAConfig:
     method: str = arg("sa", "unlearning method (sa_dist/methods/)")
     seed: Optional[int] = arg(None, "seed of the unlearning: replay, surrogate and noise draws", flag="--sa-seed",
                               shown="--seed")  # vary it alone to see SA's own spread on one baseline
+    sam_rho: float = arg(0.0, "SAM on the surrogate term: radius ρ of its ascent step in weight space (0: off, the paper's SA)")  # arXiv:2502.05374; off until the benchmark shows a gain
     reset_label: bool = arg(False, "re-initialise the weights that read the forgotten labels before SA")  # slows relearning, costs retained quality (docs/verification.md)
     dampen_alpha: float = arg(5.0, "dampen: shrink the weights whose forgotten-class Fisher exceeds alpha x the retained one")  # SSD's selection threshold
     noise: float = arg(0.5, "noise: std of the Gaussian noise per weight, relative to the weight's magnitude")
@@ -212,7 +213,7 @@ def _check_method_fields(s: SAConfig) -> None:
     for name, v in (("--lam", s.lam), ("--gamma", s.gamma), ("--noise", s.noise),
                     ("--distance-alpha", s.distance_alpha), ("--distance-noise", s.distance_noise),
                     ("--distill-beta", s.distill_beta), ("--distill-match", s.distill_match),
-                    ("--distill-bar", s.distill_bar)):
+                    ("--distill-bar", s.distill_bar), ("--sam-rho", s.sam_rho)):
         if not (math.isfinite(v) and v >= 0):
             raise UsageError(f"{name} must be a finite number >= 0, got {v}")
     if not (0 <= s.distill_alpha <= 1):

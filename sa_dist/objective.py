@@ -74,12 +74,29 @@ def weight_distance(theta_star: Sequence[torch.Tensor], alpha: float, cap: float
     return Regulariser("weight_dist_reg", alpha, lambda params: distance_term(params, theta_star, cap))
 
 
-def regularised_objective(model: torch.nn.Module, surrogate: tuple[torch.Tensor, torch.Tensor],
+def sam_epsilon(grads: Sequence[torch.Tensor], rho: float) -> list[torch.Tensor]:
+    """SAM's ascent step (Foret et al., ICLR 2021, eq. 2): epsilon = rho * g / ||g||_2, the norm over all the
+    tensors together, so ||epsilon||_2 = rho; zeros where g = 0 (nothing to climb)."""
+    norm = torch.linalg.vector_norm(torch.cat([g.float().flatten() for g in grads]))
+    scale = rho / norm if norm > 0 else torch.zeros(())
+    return [g * scale.to(g.dtype) for g in grads]
+
+
+def injected(params: Iterable[torch.Tensor], grads: Sequence[torch.Tensor]) -> torch.Tensor:
+    """sum_i <g_i, p_i> with the g_i constants: a scalar whose gradient with respect to ``params`` is exactly
+    ``grads``. Added to a loss, a gradient computed elsewhere (SAM's, at perturbed weights) goes through the same
+    backward as the other terms, so loss scaling and DDP's averaging treat it like them."""
+    return sum((g.detach().to(p.dtype) * p).sum() for p, g in zip(params, grads, strict=True))
+
+
+def regularised_objective(model: torch.nn.Module, surrogate: tuple[torch.Tensor, torch.Tensor] | torch.Tensor,
                           replay: tuple[torch.Tensor, torch.Tensor], regulariser: Regulariser, gamma: float,
                           surrogate_weight: float = 1.0) -> SATerms:
     """surrogate_weight * (-E_q ELBO) + gamma * (-E_p ELBO) + weight * regulariser (eq. 4 with its third term
-    given): the loss of ``model`` on one surrogate batch ``(x_s, c_s)`` and one replay batch ``(x_r, c_r)``."""
-    s = negative_elbo(model, *surrogate).mean()  # (,)
+    given): the loss of ``model`` on one surrogate batch ``(x_s, c_s)`` and one replay batch ``(x_r, c_r)``.
+    ``surrogate`` may instead be the surrogate term's value computed elsewhere (SAM's ascent pass): it then counts
+    in the total's value but not in its gradient."""
+    s = surrogate.detach() if torch.is_tensor(surrogate) else negative_elbo(model, *surrogate).mean()  # (,)
     r = negative_elbo(model, *replay).mean()  # (,)
     reg = regulariser.term(model.parameters())  # (,)
     return SATerms(s, r, reg, surrogate_weight * s + gamma * r + regulariser.weight * reg)

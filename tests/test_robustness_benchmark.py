@@ -1,6 +1,7 @@
 """benchmarks/robustness.py on cells: a cell's key holds every setting that shapes it (no stale reuse), a rerun
 skips the done cells, the table is rendered from the cells alone for any --k and --lrs and names the best point,
 the cost mark, method specs checked in one line; and a tiny end to end run (slow)."""
+from dataclasses import asdict
 import json
 import sys
 
@@ -170,3 +171,16 @@ def test_tiny_benchmark_end_to_end(tmp_path, paper_stand_in):
     assert sa["auc k5 0.01"]["mean"] is not None and sa["l2"]["mean"] > 0
     r = run_script(*argv, "--dry-run")
     assert r.returncode == 0 and "15 of 15 cells done" in r.stdout, r.stdout[-2000:]
+
+
+def test_a_committed_cell_keeps_its_key_when_a_neutral_field_is_added_and_a_set_one_is_a_new_cell():
+    """The committed unlearn cell of conv, forget 2, seed 0, SA is keyed on exactly what the plan builds today: a
+    field added to the run config since (``cells.NEUTRAL``, e.g. ``sa.sam_rho``) leaves its key as it was unless set."""
+    found = sorted((cells.RESULTS / "robustness" / "cells").glob("conv-f2-s0-sa-unlearn-*.json"))
+    assert found, "no committed cell to compare with"
+    committed = json.loads(found[0].read_text())["config"]["run"]
+    b = robustness_plan.BenchConfig()
+    cfg = robustness_plan.run_config(b, robustness_plan.Unit("conv", (2,), 0, "sa"))
+    assert cells.run_key(asdict(cfg)) == committed and "sam_rho" not in committed["sa"]
+    sam = robustness_plan.run_config(b, robustness_plan.Unit("conv", (2,), 0, "sa:sa.sam_rho=0.05"))
+    assert cells.run_key(asdict(sam))["sa"]["sam_rho"] == 0.05

@@ -17,7 +17,7 @@ from ..fisher import class_fisher, retained_fisher
 from ..models import CVAE, plain_copy
 from . import Context, Outcome
 
-USES = ("lam", "gamma", "dampen_alpha")
+USES = ("lam", "gamma", "dampen_alpha", "sam_rho")
 NEEDS_FISHER = True
 MARKER = "P"
 

@@ -19,7 +19,7 @@ from ..objective import rms
 from . import Context, Outcome
 from .noise import perturb
 
-USES = ("gamma", "distance_alpha", "distance_target", "distance_noise")
+USES = ("gamma", "distance_alpha", "distance_target", "distance_noise", "sam_rho")
 OVERRIDES = {"lam": 0.0}  # no EWC term: config.yaml and results.json say so
 MARKER = "h"
 

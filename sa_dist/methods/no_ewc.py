@@ -4,7 +4,7 @@ import torch
 from . import Context, Outcome
 from .sa import run_sa
 
-USES = ("gamma",)
+USES = ("gamma", "sam_rho")
 MARKER = "v"
 OVERRIDES = {"lam": 0.0}
 

@@ -3,7 +3,7 @@ The replay batches are still drawn (and their negative ELBO logged) but weigh no
 from . import Context, Outcome
 from .sa import run_sa
 
-USES = ("lam",)
+USES = ("lam", "sam_rho")
 MARKER = "^"
 OVERRIDES = {"gamma": 0.0}
 NEEDS_FISHER = True

@@ -18,7 +18,7 @@ from ..amnesia import selective_amnesia
 from ..models import CVAE, plain_copy
 from . import Context, Outcome
 
-USES = ("lam", "gamma", "noise", "noise_anchor")
+USES = ("lam", "gamma", "noise", "noise_anchor", "sam_rho")
 NEEDS_FISHER = True
 MARKER = "*"
 

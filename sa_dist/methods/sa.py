@@ -2,7 +2,7 @@
 from ..amnesia import selective_amnesia
 from . import Context, Outcome
 
-USES = ("lam", "gamma")
+USES = ("lam", "gamma", "sam_rho")
 NEEDS_FISHER = True
 MARKER = "o"
 
