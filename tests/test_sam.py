@@ -1,13 +1,16 @@
 """Sharpness-aware SA (``--sam-rho``): SAM on the surrogate term (arXiv:2502.05374), against a hand-written step."""
+import json
+
 import pytest
 import torch
 
-from conftest import sa_config
+from conftest import ROOT, sa_config, torchrun
 from sa_dist.amnesia import _loop, sam_surrogate, selective_amnesia
 from sa_dist.models import negative_elbo, plain_copy
 from sa_dist.objective import ewc, injected, sam_epsilon
 from sa_dist.resume import Checkpointer
 from sa_dist.utils import UsageError
+from test_scripts import TINY
 
 
 def test_sam_epsilon_has_norm_rho_along_the_gradient_and_is_zero_without_one():
@@ -95,3 +98,14 @@ def test_sa_with_sam_runs_changes_the_result_and_rho_must_be_non_negative(tiny_b
     assert not all(torch.allclose(a, b) for a, b in zip(plain.parameters(), sam.parameters()))
     with pytest.raises(UsageError, match="--sam-rho"):
         sa_config(**{"sa.sam_rho": -0.1})
+
+
+@pytest.mark.slow
+def test_two_ranks_run_sam_and_record_it(tmp_path):
+    """torchrun, 2 gloo ranks: the ascent direction is all-reduced inside the DDP step (no hang, no rank mismatch)."""
+    r = torchrun(ROOT / "scripts" / "unlearn.py", *TINY, "--sa_epochs", "2", "--seed", "3", "--sam-rho", "0.5",
+                 "--run-dir", tmp_path / "r", timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert res["config"]["sa"]["sam_rho"] == 0.5 and len(res["sa_history"]) == 8
+    assert all(torch.isfinite(torch.tensor(row["surrogate_nelbo"])) for row in res["sa_history"])
