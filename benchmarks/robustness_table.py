@@ -203,6 +203,9 @@ def render(records, b, fps: dict) -> tuple[dict, str]:
           "P ≥ 0.5 within the budget); the minimum is over every lr and k. Mean [min, max] over seeds. "
           "*: cost not quotable (a loaded cell, another CPU, seconds from a run made before its cell, or a "
           "retrained model from the cache)."]
+    if b.attack.relearn_params != "all":
+        md += ["", f"Relearning moves only the weights `{b.attack.relearn_params}` names (`--relearn-params`, a "
+               "diagnostic; `sa_dist.attacks.relearn.trainable`), every other weight frozen."]
     for name, group in groups.items():
         md += group_markdown(name, group, ks, lrs, window)
     cells = [{"name": c.name, "hash": rec["hash"], "loaded": rec["loaded"], "wall_s": rec["wall_s"],

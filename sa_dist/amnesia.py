@@ -61,12 +61,10 @@ def reset_label_inputs(model: CVAE, classes: list[int], seed: int = 0) -> CVAE:
     else changes, so the other labels' outputs are exactly the same."""
     gen = torch.Generator().manual_seed(seed)
     out = copy.deepcopy(model)
-    first = {"conv": ((out.enc[0], 1), (out.dec[0], out.z_dim)), "linear": ((out.enc[0], 784), (out.dec[0], out.z_dim))}
-    for layer, offset in first[out.cfg.arch]:
-        w = layer.weight  # Linear/Conv2d: (out, in, ...); ConvTranspose2d: (in, out, ...)
+    for w, dim, start in out.label_inputs():  # the encoder's and the decoder's first layer
         bound = 1 / math.sqrt(nn.init._calculate_fan_in_and_fan_out(w)[0])
         for c in classes:
-            view = w[offset + c] if isinstance(layer, nn.ConvTranspose2d) else w[:, offset + c]
+            view = w.narrow(dim, start + c, 1)
             view.copy_((torch.rand(view.shape, generator=gen) * 2 - 1) * bound)
     return out
 

@@ -62,6 +62,11 @@ class CVAE(nn.Module):
         z = torch.randn(n, self.z_dim, generator=generator)
         return torch.sigmoid(self.decode(z.to(device), labels.to(device))).float()
 
+    def label_inputs(self) -> list[tuple[torch.Tensor, int, int]]:
+        """``(weight, dim, start)`` of every weight that reads the one-hot label: class ``c``'s slice is
+        ``weight.narrow(dim, start + c, 1)`` (the encoder's and the decoder's first layer)."""
+        raise NotImplementedError
+
 
 class LinearCVAE(CVAE):
     """MLP cVAE: 4-layer encoder [x, c] -> h -> h/2 -> h/4 -> (mu, logvar); decoder [z, c] -> h/4 -> h/2 -> h -> x."""
@@ -90,6 +95,9 @@ class LinearCVAE(CVAE):
     def decode(self, z, c):
         onehot = one_hot(c, self.n_classes, z.dtype)
         return self.dec_out(self.dec(torch.cat([z, onehot], 1))).view(-1, 1, 28, 28)
+
+    def label_inputs(self):
+        return [(self.enc[0].weight, 1, 784), (self.dec[0].weight, 1, self.z_dim)]  # Linear: (out, in)
 
 
 def _block(conv: nn.Module, ch: int) -> list[nn.Module]:
@@ -127,6 +135,9 @@ class ConvCVAE(CVAE):
     def decode(self, z, c):
         onehot = one_hot(c, self.n_classes, z.dtype)
         return self.dec_out(self.dec(torch.cat([z, onehot], 1)[:, :, None, None]))
+
+    def label_inputs(self):  # Conv2d: (out, in, kh, kw); ConvTranspose2d: (in, out, kh, kw)
+        return [(self.enc[0].weight, 1, 1), (self.dec[0].weight, 0, self.z_dim)]
 
 
 def build_model(cfg: ModelConfig) -> CVAE:

@@ -2,6 +2,7 @@
 import copy
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -10,12 +11,13 @@ from conftest import LIMIT, run_script, sa_config
 from sa_dist.amnesia import reset_label_inputs, selective_amnesia
 from sa_dist.attacks.invert import invert
 from sa_dist.attacks.probe import probe
-from sa_dist.attacks.relearn import Judges, p_target, relearn, schedule
-from sa_dist.cli.flags import Parser, add_config_args, config_from_args
+from sa_dist.attacks.relearn import Judges, p_target, relearn, schedule, trainable
+from sa_dist.attacks.suite import AttackConfig, relearn_at
+from sa_dist.cli.flags import Parser, add_config_args, add_flags, config_from_args, dataclass_from_args, flagged_fields
 from sa_dist.data import load_mnist
 from sa_dist.evaluation.evaluator import get_evaluator
 from sa_dist.fisher import diag_fisher
-from sa_dist.models import ModelConfig, build_model
+from sa_dist.models import ModelConfig, build_model, negative_elbo
 
 TINY = ["--arch", "linear", "--width", "64", "--epochs", "1", "--limit", str(LIMIT), "--n-fisher", "500",
         "--sa_epochs", "1", "--n-replay", "1024", "--eval-samples", "50", "--no-figures"]
@@ -180,3 +182,48 @@ def test_reset_label_flag_reaches_selective_amnesia(tiny_baseline, accelerator):
     plain, _ = selective_amnesia(model, fisher, accelerator, sa_config(**kw))
     reset, _ = selective_amnesia(model, fisher, accelerator, sa_config(**kw, **{"sa.reset_label": True}))
     assert (col(plain) - col(model)).abs().max() < 1e-4 < (col(reset) - col(model)).abs().max()
+
+
+@pytest.mark.parametrize("arch", ["conv", "linear"])
+def test_label_only_relearning_moves_only_the_label_inputs(arch):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch, width=8 if arch == "conv" else 32)).eval()
+    net = copy.deepcopy(model)
+    opt = torch.optim.Adam(trainable(net, "label"), lr=1e-2)
+    x, c = torch.rand(4, 1, 28, 28), torch.full((4,), 3)
+    for _ in range(3):
+        opt.zero_grad()
+        negative_elbo(net, x, c).mean().backward()
+        opt.step()
+    before, after = dict(model.named_parameters()), dict(net.named_parameters())
+    label = {id(w): (dim, start) for w, dim, start in net.label_inputs()}
+    for name, w in after.items():
+        if id(w) not in label:
+            assert torch.equal(w, before[name]), name  # frozen: every shared weight
+            continue
+        dim, start = label[id(w)]
+        moved = (w - before[name]).abs().sum([d for d in range(w.dim()) if d != dim]) > 0  # per input slice
+        expect = torch.zeros_like(moved)
+        expect[start + 3] = True  # the target's own label column, nothing else
+        assert torch.equal(moved, expect), name
+    assert len(trainable(copy.deepcopy(model), "all")) == len(list(model.parameters()))
+    with pytest.raises(ValueError, match="params must be one of"):
+        trainable(copy.deepcopy(model), "decoder")
+
+
+def test_relearn_params_reach_the_fine_tune(tiny_baseline, evaluator):
+    model = copy.deepcopy(tiny_baseline[0]).eval()
+    kw = {"steps": 6, "lr": 2e-3, "n_samples": 100, "threshold": 1.01, "auc_steps": 100, "seed": 0}
+    full = relearn(model, Judges(evaluator), _twos(10), 2, **kw)
+    label = relearn(model, Judges(evaluator), _twos(10), 2, params="label", **kw)
+    assert label["curve"]["p"][0] == full["curve"]["p"][0]  # the same start, latents and images
+    assert label["curve"]["p"][1:] != full["curve"]["p"][1:]  # a different fine-tune
+    p = Parser()
+    add_flags(p, flagged_fields(AttackConfig))
+    a = dataclass_from_args(AttackConfig, p.parse_args(["--relearn-params", "label", "--relearn-steps", "6",
+                                                        "--relearn-samples", "100"]))
+    assert a.relearn_params == "label" and AttackConfig().relearn_params == "all"
+    via = relearn_at(model, Judges(evaluator), {10: _twos(10)}, 2, replace(a, threshold=1.01), "cpu", 10, 2e-3)
+    assert via["curve"]["p"] == label["curve"]["p"]  # the flag is what the fine-tune moves
+    with pytest.raises(SystemExit):
+        p.parse_args(["--relearn-params", "decoder"])

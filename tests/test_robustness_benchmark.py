@@ -38,6 +38,9 @@ def test_cell_keys_change_with_every_setting_that_shapes_them():
     k = hashes("--k", "0", "10", "50")
     assert set(k) - set(base) == {f"linear-f2-s1-{m}-relearn-k50" for m in ("retrain", "sa")}
     assert all(k[n] == base[n] for n in base)  # k=10's cells are the same measurement: reused, not stale
+    label = hashes("--relearn-params", "label")  # the label-only diagnostic: new relearning cells, the rest reused
+    assert all((label[n] != base[n]) == ("relearn" in n) for n in base)
+    assert hashes("--relearn-params", "all") == base  # the default keeps the keys committed before the flag
     retain = hashes("--retain-steps", "50")
     assert all((retain[n] != base[n]) == n.endswith("-k0") for n in base)  # k=0's budget shapes k=0 alone
     spec = hashes("--methods", "sa:sa.lam=2")

@@ -5,7 +5,11 @@ that never saw it (``retrain``), at every lr (``relearn_grid``), so the two are 
 
 Two judges score each point of the curve on the same samples: the project's evaluator (``p``, which decides the
 threshold) and the paper protocol's classifier (``p_paper``, ten digits, on the samples rounded to 8 bits as the
-official code saves them), so readers can compare judges."""
+official code saves them), so readers can compare judges.
+
+What the attacker may move (``PARAMS``): every weight (``all``, the attack), or only the weights that read the
+one-hot label (``label``, a diagnostic): a class that comes back by re-pointing its label alone still lives in
+the shared features, where re-pointing cannot reach a class that was really erased."""
 from __future__ import annotations
 
 import copy
@@ -18,6 +22,9 @@ import torch.nn.functional as F
 from ..evaluation.paper import log_probs, uint8_round_trip
 from ..models import CVAE, negative_elbo
 from .compare import curve_auc
+
+
+PARAMS = ("all", "label")  # relearn --relearn-params: what the fine-tune may move
 
 
 class Judges(NamedTuple):
@@ -98,17 +105,37 @@ def adam_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
     opt.step()
 
 
+def trainable(net: CVAE, params: str = "all") -> list[torch.Tensor]:
+    """The weights of ``net`` a fine-tune may move (``PARAMS``): all of them, or (``label``) only the weights that
+    read the one-hot label, every other weight frozen and their other entries' gradients masked to zero (Adam,
+    without weight decay, then leaves them exactly as they were)."""
+    if params not in PARAMS:
+        raise ValueError(f"params must be one of {', '.join(PARAMS)}, got {params!r}")
+    if params == "all":
+        return list(net.parameters())
+    net.requires_grad_(False)
+    out = []
+    for w, dim, start in net.label_inputs():
+        mask = torch.zeros_like(w)
+        mask.narrow(dim, start, net.n_classes).fill_(1.0)
+        w.requires_grad_(True)
+        w.register_hook(lambda g, m=mask: g * m)
+        out.append(w)
+    return out
+
+
 def relearn(model: CVAE, judges: Judges, images: torch.Tensor, target: int, *, steps: int, lr: float,
-            n_samples: int, threshold: float, auc_steps: int, seed: int, device="cpu") -> dict:
+            n_samples: int, threshold: float, auc_steps: int, seed: int, params: str = "all", device="cpu") -> dict:
     """Fine-tune a copy of ``model`` on ``images`` ``(k, 1, 28, 28)`` (all of them each step, batch norm frozen in
-    eval mode, as in SA) with the negative ELBO under label ``target``, Adam at ``lr``; ``finetune``'s result on
-    ``n_samples`` fixed latents, with ``k`` and ``lr``. The model is untouched."""
+    eval mode, as in SA) with the negative ELBO under label ``target``, Adam at ``lr`` on the weights ``params``
+    names (``trainable``); ``finetune``'s result on ``n_samples`` fixed latents, with ``k`` and ``lr``. The model
+    is untouched."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n_samples, model.z_dim, generator=gen).to(device)
     net = copy.deepcopy(model).to(device).eval()
     x = images.to(device)
     c = torch.full((len(x),), target, device=device)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    opt = torch.optim.Adam(trainable(net, params), lr=lr)
 
     def step():
         eps = torch.randn(len(x), net.z_dim, generator=gen).to(device)

@@ -11,15 +11,15 @@ import torch
 
 from ..models import CVAE, negative_elbo
 from ..utils import UserError
-from .relearn import Judges, adam_step, finetune, judge
+from .relearn import Judges, adam_step, finetune, judge, trainable
 
 
 def retain_relearn(model: CVAE, judges: Judges, x: torch.Tensor, y: torch.Tensor, target: int, *, steps: int,
                    batch: int, lr: float, n_samples: int, threshold: float, auc_steps: int, seed: int,
-                   stop: bool, device="cpu") -> dict:
+                   stop: bool, params: str = "all", device="cpu") -> dict:
     """Fine-tune a copy of ``model`` for up to ``steps`` Adam steps at ``lr`` on seeded batches of ``batch``
     images of ``x`` ``(N, 1, 28, 28)`` (labels ``y`` ``(N,)``; those labelled ``target`` are dropped), batch norm
-    in eval mode; ``finetune``'s result (``stop``: end at the threshold) with the start P and the settings."""
+    in eval mode, Adam on the weights ``params`` names (``relearn.trainable``); ``finetune``'s result (``stop``: end at the threshold) with the start P and the settings."""
     keep = y != target
     if not keep.any():
         raise UserError(f"retain-only relearning needs images of classes other than {target}; the data has none")
@@ -27,7 +27,7 @@ def retain_relearn(model: CVAE, judges: Judges, x: torch.Tensor, y: torch.Tensor
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n_samples, model.z_dim, generator=gen).to(device)
     net = copy.deepcopy(model).to(device).eval()
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    opt = torch.optim.Adam(trainable(net, params), lr=lr)
 
     def step():
         idx = torch.randint(len(x), (min(batch, len(x)),), generator=gen)

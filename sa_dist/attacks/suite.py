@@ -26,7 +26,7 @@ from .compare import grid_ratios
 from .figures import invert_figure, relearn_figure
 from .invert import invert
 from .probe import probe
-from .relearn import Judges, relearn, relearn_grid
+from .relearn import PARAMS, Judges, relearn, relearn_grid
 from .retain import retain_relearn
 from .weights import weight_report
 
@@ -45,6 +45,8 @@ class AttackConfig:
     relearn_steps: int = arg(500, "most fine-tuning steps (the k images as one batch per step)")
     relearn_lr: list = arg(help="Adam lrs of the fine-tune: each is compared with retrain's at the same lr",
                            factory=lambda: [3e-4, 3e-3], nargs="+", type=float)  # two for speed; the benchmark's grid: 7, 1e-4 to 1e-2
+    relearn_params: str = arg("all", "weights the fine-tune may move: all, or (a diagnostic) only those reading "
+                                     "the one-hot label", choices=PARAMS)
     relearn_samples: int = arg(1000, "samples of the target label scored at each scheduled step")
     threshold: float = arg(0.5, "relearned once mean P(y=target) reaches this", flag="")
     auc_steps: int = arg(100, "steps over which the area under the P curve is taken (after a stop at the "
@@ -119,7 +121,7 @@ def relearn_at(model, judges: Judges, data: dict, target: int, a: AttackConfig, 
     """One relearning run at ``lr`` on ``data[k]``: k images of the target, or (k = 0) ``data[0]`` = (x, y) of
     the retained classes, stopped at the threshold like the others."""
     common = {"lr": lr, "n_samples": a.relearn_samples, "threshold": a.threshold, "auc_steps": a.auc_steps,
-              "seed": a.seed, "device": device}
+              "seed": a.seed, "params": a.relearn_params, "device": device}
     if k == 0:
         return retain_relearn(model, judges, *data[0], target, steps=a.retain_steps, batch=a.retain_batch,
                               stop=True, **common)
@@ -129,7 +131,7 @@ def relearn_at(model, judges: Judges, data: dict, target: int, a: AttackConfig, 
 def run_relearn(models: dict, judges: Judges, cfg: RunConfig, a: AttackConfig, target: int, device) -> dict:
     """Every model at every (k, lr) of the grid, on the same images, latents and noise."""
     out = {"settings": {"k": list(a.relearn_k), "max_steps": a.relearn_steps, "lr": list(a.relearn_lr),
-                        "optimizer": "Adam", "samples": a.relearn_samples, "threshold": a.threshold,
+                        "optimizer": "Adam", "params": a.relearn_params, "samples": a.relearn_samples, "threshold": a.threshold,
                         "auc_steps": a.auc_steps, "scored": "schedule",
                         "stops": "at the first scored step with P >= threshold (for the AUC, the last P is held)",
                         "judges": {"p": "the evaluator (decides the threshold)",
