@@ -2,6 +2,7 @@
 label modes, weight-space distances and the loss barrier, the class Fisher, and the dampen and noise methods; the
 comparison with retrain (AUC, per-lr ratios, their minimum), merging attack blocks, the cache's precision rule."""
 import json
+import math
 
 import pytest
 import torch
@@ -25,6 +26,7 @@ from sa_dist.evaluation.evaluator import get_evaluator
 from sa_dist.evaluation.paper import PaperClassifier
 from sa_dist.fisher import class_fisher, diag_fisher, fisher_batch
 from sa_dist.methods import Context, get_method, method_names
+from sa_dist.methods import dampen as dampen_method
 from sa_dist.methods import noise as noise_method
 from sa_dist.methods.dampen import dampen
 from sa_dist.methods.noise import perturb
@@ -195,6 +197,54 @@ def test_dampen_shrinks_exactly_the_selected_weights():
         assert torch.equal(q[~mask], p[~mask])  # the rest exactly kept
         assert torch.allclose(q[mask], p[mask] * f_r[n][mask] / f_f[n][mask])
     assert info["selected"] == total > 0 and (out.dec[0].bias[:3] == 0).all()
+
+
+def test_dampen_reinit_draws_the_selected_weights_afresh_and_keeps_the_rest():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch="conv", width=8)).eval()
+    gen = torch.Generator().manual_seed(1)
+    f_r = {n: torch.rand(p.shape, generator=gen) for n, p in model.named_parameters()}
+    f_f = {n: torch.rand(p.shape, generator=gen) * 10 for n, p in model.named_parameters()}
+    out, info = dampen(model, f_f, f_r, alpha=5.0, mode="reinit", seed=3)
+    shrunk, _ = dampen(model, f_f, f_r, alpha=5.0)
+    moved = 0
+    for (n, p), (_, q), (_, r) in zip(model.named_parameters(), out.named_parameters(), shrunk.named_parameters()):
+        mask = f_f[n] > 5.0 * f_r[n]
+        assert torch.equal(q[~mask], p[~mask]), n  # the rest exactly kept
+        if p.dim() < 2:
+            assert torch.equal(q, r), n  # biases and batch-norm scales: shrunk as in SSD
+            continue
+        bound = 1 / math.sqrt(torch.nn.init._calculate_fan_in_and_fan_out(p)[0])  # PyTorch's default init range
+        assert (q[mask].abs() <= bound).all() and not torch.equal(q[mask], r[mask]), n
+        moved += int(mask.sum())
+    assert moved > 0 and info["selected"] > moved
+    again, _ = dampen(model, f_f, f_r, alpha=5.0, mode="reinit", seed=3)
+    other, _ = dampen(model, f_f, f_r, alpha=5.0, mode="reinit", seed=4)
+    assert torch.equal(again.enc[0].weight, out.enc[0].weight)  # seeded
+    assert not torch.equal(other.enc[0].weight, out.enc[0].weight)
+    with pytest.raises(ValueError, match="mode must be one of"):
+        dampen(model, f_f, f_r, alpha=5.0, mode="zero")
+
+
+def test_dampen_mode_flag_reaches_the_dampening(tiny_baseline, accelerator, monkeypatch):
+    seen = {}
+    real = dampen_method.dampen
+
+    def record(model, f_f, f_r, alpha, mode="shrink", seed=0):
+        seen.update(mode=mode, seed=seed)
+        return real(model, f_f, f_r, alpha, mode, seed)
+
+    monkeypatch.setattr(dampen_method, "dampen", record)
+    monkeypatch.setattr(dampen_method, "selective_amnesia", lambda original, fisher, acc, cfg, **kw: (kw["start"], []))
+    p = Parser()
+    add_config_args(p)
+    assert config_from_args(p.parse_args([])).sa.dampen_mode == "shrink"
+    assert config_from_args(p.parse_args(["--dampen-mode", "reinit"])).sa.dampen_mode == "reinit"
+    cfg = sa_config(**{"sa.method": "dampen", "sa.dampen_mode": "reinit", "sa.n_forget_fisher": 100, "sa.seed": 5})
+    out = dampen_method.unlearn(Context(cfg, tiny_baseline[0], {}, accelerator))
+    assert seen == {"mode": "reinit", "seed": 5} and out.info["mode"] == "reinit"
+    with pytest.raises(UsageError, match="--dampen-mode must be one of shrink, reinit"):
+        sa_config(**{"sa.dampen_mode": "zero"})
 
 
 def test_dampen_never_amplifies_a_weight_when_alpha_is_below_one():

@@ -187,3 +187,6 @@ def test_a_committed_cell_keeps_its_key_when_a_neutral_field_is_added_and_a_set_
     assert cells.run_key(asdict(cfg)) == committed and "sam_rho" not in committed["sa"]
     sam = robustness_plan.run_config(b, robustness_plan.Unit("conv", (2,), 0, "sa:sa.sam_rho=0.05"))
     assert cells.run_key(asdict(sam))["sa"]["sam_rho"] == 0.05
+    assert all(name not in committed["sa"] for (_, name) in cells.NEUTRAL)  # every neutral field keeps the key
+    reinit = robustness_plan.run_config(b, robustness_plan.Unit("conv", (2,), 0, "dampen:sa.dampen_mode=reinit"))
+    assert cells.run_key(asdict(reinit))["sa"]["dampen_mode"] == "reinit"

@@ -7,34 +7,51 @@ F_f > ``dampen_alpha`` * F_r and multiplied by beta = min(1, F_r / F_f) (0 where
 kept exactly. The cap at 1 is SSD's: with alpha < 1 a selected weight can have F_r / F_f up to 1 / alpha > 1, and
 dampening must never amplify a weight. SA then starts at the dampened weights and its EWC term anchors there (θ*
 stays the replay source), so the repair does not pull the dampened weights back. The two Fishers count in the
-method's cost."""
+method's cost.
+
+``dampen_mode`` ``reinit`` moves the selected weights away from θ* instead of shrinking them: the selected entries
+of every weight matrix and kernel are drawn afresh from PyTorch's default init (uniform in ±1/sqrt(fan_in)), as in a
+model that never learned them (biases and batch-norm scales are still shrunk)."""
 from __future__ import annotations
 
+import math
+
 import torch
+import torch.nn as nn
 
 from ..amnesia import selective_amnesia
+from ..config import DAMPEN_MODES
 from ..fisher import class_fisher, retained_fisher
 from ..models import CVAE, plain_copy
 from . import Context, Outcome
 
-USES = ("lam", "gamma", "dampen_alpha", "sam_rho")
+USES = ("lam", "gamma", "dampen_alpha", "dampen_mode", "sam_rho")
 NEEDS_FISHER = True
 MARKER = "P"
 
 
 @torch.no_grad()
-def dampen(model: CVAE, f_forget: dict, f_retain: dict, alpha: float) -> tuple[CVAE, dict]:
+def dampen(model: CVAE, f_forget: dict, f_retain: dict, alpha: float, mode: str = "shrink",
+           seed: int = 0) -> tuple[CVAE, dict]:
     """A copy of ``model`` with each parameter where ``f_forget > alpha * f_retain`` multiplied by
-    ``min(1, f_retain / f_forget)`` (SSD's dampening, its lambda 1); the rest unchanged. Returns it and
+    ``min(1, f_retain / f_forget)`` (SSD's dampening, its lambda 1), or (``mode`` reinit, weights of 2 or more
+    dimensions) drawn from U(±1/sqrt(fan_in)) with ``seed``; the rest unchanged. Returns it and
     ``{"selected", "total", "per_tensor"}``."""
+    if mode not in DAMPEN_MODES:
+        raise ValueError(f"mode must be one of {', '.join(DAMPEN_MODES)}, got {mode!r}")
     out = plain_copy(model)
+    gen = torch.Generator().manual_seed(seed)
     selected, total, per = 0, 0, {}
     for name, p in out.named_parameters():
         ff, fr = f_forget[name].to(p), f_retain[name].to(p)
         mask = ff > alpha * fr  # (same shape as p)
         ratio = (fr / ff.clamp_min(torch.finfo(ff.dtype).tiny)).clamp(max=1.0)  # never amplify (alpha < 1)
-        beta = torch.where(mask, ratio, torch.ones_like(p))
-        p.mul_(beta)
+        if mode == "reinit" and p.dim() >= 2:
+            bound = 1 / math.sqrt(nn.init._calculate_fan_in_and_fan_out(p)[0])
+            fresh = ((torch.rand(p.shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound).to(p)
+            p.copy_(torch.where(mask, fresh, p))
+        else:
+            p.mul_(torch.where(mask, ratio, torch.ones_like(p)))
         n = int(mask.sum())
         selected, total = selected + n, total + p.numel()
         if n:
@@ -48,10 +65,10 @@ def unlearn(ctx: Context) -> Outcome:
     kw = dict(n_samples=s.n_forget_fisher, seed=cfg.sa_seed, batch=s.fisher_batch, accelerator=acc)
     f_f = class_fisher(model, s.forget, **kw)
     f_r = retained_fisher(model, s.forget, **kw)
-    damped, info = dampen(model, f_f, f_r, s.dampen_alpha)
+    damped, info = dampen(model, f_f, f_r, s.dampen_alpha, s.dampen_mode, seed=cfg.sa_seed)
     out, history = selective_amnesia(ctx.original, ctx.fisher, acc, cfg, log_dir=ctx.log_dir, checkpointer=ctx.ckpt,
                                      start=damped, anchor=damped)
-    info = {"alpha": s.dampen_alpha, "selected": info["selected"], "total": info["total"],
+    info = {"alpha": s.dampen_alpha, "mode": s.dampen_mode, "selected": info["selected"], "total": info["total"],
             "selected_share": info["selected"] / info["total"], "per_tensor": info["per_tensor"],
             "n_forget_fisher": s.n_forget_fisher}
     return Outcome(out, history, info=info, sa_terms=True)
