@@ -16,8 +16,8 @@ from sa_dist.utils import UsageError, arg
 
 TABLE = "robustness"
 LR_GRID = [round(10 ** (-4 + i / 3), 10) for i in range(7)]  # 3 a decade, log-even, 1e-4 to 1e-2
-ATTACK_FLAGS = ("relearn_steps", "relearn_params", "relearn_samples", "auc_steps", "retain_steps", "retain_batch", "invert_restarts",
-                "invert_steps", "invert_penalty", "weights_points")  # AttackConfig's flags (and defaults) used here
+ATTACK_FLAGS = ("relearn_steps", "relearn_params", "relearn_samples", "auc_steps", "retain_steps", "retain_batch",
+                "invert_restarts", "invert_steps", "invert_penalty", "weights_points")  # AttackConfig's flags (and defaults) used here
 
 
 @dataclass

@@ -14,13 +14,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
 from .config import RunConfig, validate
 from .data import TensorBatches, batch_loader
-from .models import CVAE, negative_elbo, plain_copy
+from .models import CVAE, default_init_draw, negative_elbo, plain_copy
 from .objective import Regulariser, ewc, injected, regularised_objective, rms, sam_epsilon, weight_distance
 from .resume import Checkpointer, inject
 from .runtime import check_device, check_finite, rank_noise, start_tracking, stop_tracking, wrap_model
@@ -62,10 +61,9 @@ def reset_label_inputs(model: CVAE, classes: list[int], seed: int = 0) -> CVAE:
     gen = torch.Generator().manual_seed(seed)
     out = copy.deepcopy(model)
     for w, dim, start in out.label_inputs():  # the encoder's and the decoder's first layer
-        bound = 1 / math.sqrt(nn.init._calculate_fan_in_and_fan_out(w)[0])
         for c in classes:
             view = w.narrow(dim, start + c, 1)
-            view.copy_((torch.rand(view.shape, generator=gen) * 2 - 1) * bound)
+            view.copy_(default_init_draw(w, view.shape, gen))
     return out
 
 

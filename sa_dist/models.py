@@ -5,6 +5,7 @@ vector: the condition-inversion attack optimises it). Nothing here is device-spe
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -144,6 +145,13 @@ def build_model(cfg: ModelConfig) -> CVAE:
     if cfg.arch not in ARCHS:
         raise UsageError(f"--arch must be one of {', '.join(ARCHS)}, got {cfg.arch!r}")
     return (ConvCVAE if cfg.arch == "conv" else LinearCVAE)(cfg)
+
+
+def default_init_draw(weight: torch.Tensor, shape, generator: torch.Generator,
+                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Values of ``shape`` drawn as PyTorch initialises ``weight`` (a Linear or conv weight): U(±1/sqrt(fan_in))."""
+    bound = 1 / math.sqrt(nn.init._calculate_fan_in_and_fan_out(weight)[0])
+    return (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
 
 
 def plain_copy(model: CVAE) -> CVAE:

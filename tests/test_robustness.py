@@ -181,12 +181,18 @@ def test_class_fisher_draws_only_the_asked_classes(tiny_baseline):
     assert not torch.equal(f2["dec.0.weight"], class_fisher(model, [3], 200, seed=0, batch=200)["dec.0.weight"])
 
 
-def test_dampen_shrinks_exactly_the_selected_weights():
+def _model_and_fishers(arch: str, width: int, scale: float):
+    """A small seeded model and random retained / forgotten Fishers, the forgotten ``scale`` times larger."""
     torch.manual_seed(0)
-    model = build_model(ModelConfig(arch="linear", width=16)).eval()
+    model = build_model(ModelConfig(arch=arch, width=width)).eval()
     gen = torch.Generator().manual_seed(1)
     f_r = {n: torch.rand(p.shape, generator=gen) for n, p in model.named_parameters()}
-    f_f = {n: torch.rand(p.shape, generator=gen) * 10 for n, p in model.named_parameters()}
+    f_f = {n: torch.rand(p.shape, generator=gen) * scale for n, p in model.named_parameters()}
+    return model, f_r, f_f
+
+
+def test_dampen_shrinks_exactly_the_selected_weights():
+    model, f_r, f_f = _model_and_fishers("linear", 16, 10.0)
     name = "dec.0.bias"
     f_r[name][:3] = 0.0  # selected with beta 0: zeroed
     out, info = dampen(model, f_f, f_r, alpha=5.0)
@@ -200,11 +206,7 @@ def test_dampen_shrinks_exactly_the_selected_weights():
 
 
 def test_dampen_reinit_draws_the_selected_weights_afresh_and_keeps_the_rest():
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(arch="conv", width=8)).eval()
-    gen = torch.Generator().manual_seed(1)
-    f_r = {n: torch.rand(p.shape, generator=gen) for n, p in model.named_parameters()}
-    f_f = {n: torch.rand(p.shape, generator=gen) * 10 for n, p in model.named_parameters()}
+    model, f_r, f_f = _model_and_fishers("conv", 8, 10.0)
     out, info = dampen(model, f_f, f_r, alpha=5.0, mode="reinit", seed=3)
     shrunk, _ = dampen(model, f_f, f_r, alpha=5.0)
     moved = 0
@@ -248,11 +250,7 @@ def test_dampen_mode_flag_reaches_the_dampening(tiny_baseline, accelerator, monk
 
 
 def test_dampen_never_amplifies_a_weight_when_alpha_is_below_one():
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(arch="linear", width=16)).eval()
-    gen = torch.Generator().manual_seed(1)
-    f_r = {n: torch.rand(p.shape, generator=gen) for n, p in model.named_parameters()}
-    f_f = {n: torch.rand(p.shape, generator=gen) for n, p in model.named_parameters()}  # same scale: F_r/F_f > 1 too
+    model, f_r, f_f = _model_and_fishers("linear", 16, 1.0)  # same scale: F_r/F_f > 1 too
     out, info = dampen(model, f_f, f_r, alpha=0.25)
     above_one = 0
     for (n, p), (_, q) in zip(model.named_parameters(), out.named_parameters()):

@@ -19,7 +19,8 @@ def retain_relearn(model: CVAE, judges: Judges, x: torch.Tensor, y: torch.Tensor
                    stop: bool, params: str = "all", device="cpu") -> dict:
     """Fine-tune a copy of ``model`` for up to ``steps`` Adam steps at ``lr`` on seeded batches of ``batch``
     images of ``x`` ``(N, 1, 28, 28)`` (labels ``y`` ``(N,)``; those labelled ``target`` are dropped), batch norm
-    in eval mode, Adam on the weights ``params`` names (``relearn.trainable``); ``finetune``'s result (``stop``: end at the threshold) with the start P and the settings."""
+    in eval mode, Adam on the weights ``params`` names (``relearn.trainable``); ``finetune``'s result (``stop``:
+    end at the threshold) with the start P and the settings."""
     keep = y != target
     if not keep.any():
         raise UserError(f"retain-only relearning needs images of classes other than {target}; the data has none")

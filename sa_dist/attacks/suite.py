@@ -131,7 +131,8 @@ def relearn_at(model, judges: Judges, data: dict, target: int, a: AttackConfig, 
 def run_relearn(models: dict, judges: Judges, cfg: RunConfig, a: AttackConfig, target: int, device) -> dict:
     """Every model at every (k, lr) of the grid, on the same images, latents and noise."""
     out = {"settings": {"k": list(a.relearn_k), "max_steps": a.relearn_steps, "lr": list(a.relearn_lr),
-                        "optimizer": "Adam", "params": a.relearn_params, "samples": a.relearn_samples, "threshold": a.threshold,
+                        "optimizer": "Adam", "params": a.relearn_params, "samples": a.relearn_samples,
+                        "threshold": a.threshold,
                         "auc_steps": a.auc_steps, "scored": "schedule",
                         "stops": "at the first scored step with P >= threshold (for the AUC, the last P is held)",
                         "judges": {"p": "the evaluator (decides the threshold)",

@@ -14,15 +14,12 @@ of every weight matrix and kernel are drawn afresh from PyTorch's default init (
 model that never learned them (biases and batch-norm scales are still shrunk)."""
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn as nn
 
 from ..amnesia import selective_amnesia
 from ..config import DAMPEN_MODES
 from ..fisher import class_fisher, retained_fisher
-from ..models import CVAE, plain_copy
+from ..models import CVAE, default_init_draw, plain_copy
 from . import Context, Outcome
 
 USES = ("lam", "gamma", "dampen_alpha", "dampen_mode", "sam_rho")
@@ -47,8 +44,7 @@ def dampen(model: CVAE, f_forget: dict, f_retain: dict, alpha: float, mode: str 
         mask = ff > alpha * fr  # (same shape as p)
         ratio = (fr / ff.clamp_min(torch.finfo(ff.dtype).tiny)).clamp(max=1.0)  # never amplify (alpha < 1)
         if mode == "reinit" and p.dim() >= 2:
-            bound = 1 / math.sqrt(nn.init._calculate_fan_in_and_fan_out(p)[0])
-            fresh = ((torch.rand(p.shape, generator=gen, dtype=torch.float64) * 2 - 1) * bound).to(p)
+            fresh = default_init_draw(p, p.shape, gen, torch.float64).to(p)
             p.copy_(torch.where(mask, fresh, p))
         else:
             p.mul_(torch.where(mask, ratio, torch.ones_like(p)))
