@@ -39,6 +39,7 @@ from sa_dist.cli.flags import Parser, add_flags, dataclass_from_args, flagged_fi
 from sa_dist.evaluation.evaluator import evaluator_fingerprint, get_evaluator
 from sa_dist.evaluation.paper import get_paper_classifier, paper_classifier_path, paper_fingerprint
 from sa_dist.pipeline import evaluate_run, run_unlearn
+from sa_dist.resume import Interrupted
 from sa_dist.runtime import make_accelerator
 from sa_dist.utils import UsageError
 
@@ -166,14 +167,15 @@ def dry_run(table: Table, cells: list[Cell], fps: dict, log=print) -> list[bool]
 
 
 def measure_all(ctx: Context, table: Table, cells: list[Cell], log=print) -> list[str]:
-    """Every cell not done yet, written as it finishes; a cell that fails with a user error is reported and the
-    others still run. Returns the failures."""
+    """Every cell not done yet, written as it finishes; a cell that fails is reported and the others still run,
+    except on a usage error or an interrupt (SIGINT, SIGTERM), which stop the benchmark: a killed benchmark must not
+    go on to the next cell. Returns the failures."""
     failures = []
     for cell in cells:
         try:
             table.measure(cell.name, cell.config, lambda cell=cell: MEASURE[cell.kind](ctx, cell),
                           own_threads=ctx.b.threads, log=log)
-        except UsageError:
+        except (UsageError, Interrupted):
             raise
         except Exception as e:  # noqa: BLE001 -- a failed cell writes nothing; the next one may still work
             log(f"[{table.name}] {cell.name} failed: {type(e).__name__}: {e}")

@@ -28,7 +28,7 @@ from sa_dist.fisher import class_fisher, diag_fisher, fisher_batch
 from sa_dist.methods import Context, get_method, method_names
 from sa_dist.methods import dampen as dampen_method
 from sa_dist.methods import noise as noise_method
-from sa_dist.methods.dampen import dampen
+from sa_dist.methods.dampen import dampen, unit_axes
 from sa_dist.methods.noise import perturb
 from sa_dist.models import ModelConfig, build_model
 from sa_dist.runtime import make_accelerator
@@ -228,13 +228,38 @@ def test_dampen_reinit_draws_the_selected_weights_afresh_and_keeps_the_rest():
         dampen(model, f_f, f_r, alpha=5.0, mode="zero")
 
 
+def test_dampen_unit_selects_whole_output_units_by_their_summed_fisher():
+    model, f_r, f_f = _model_and_fishers("conv", 8, 1.0)  # same scale: no unit's summed ratio comes near alpha
+    lin, tr = "enc_out.weight", "dec.0.weight"  # Linear (out, in); ConvTranspose2d (in, out, 1, 1)
+    f_f[lin][3, 0] = 1e4  # one entry far above: its row's sum passes, its neighbours alone mostly do not
+    f_f[tr][:, 5] *= 100.0  # output channel 5 of the transposed convolution: its dim 1
+    axes = unit_axes(model)
+    assert axes[lin] == 0 and axes[tr] == 1 and axes["enc.0.weight"] == 0
+    out, info = dampen(model, f_f, f_r, alpha=5.0, mode="reinit", seed=3, unit="unit")
+    by_weight, _ = dampen(model, f_f, f_r, alpha=5.0, mode="reinit", seed=3)
+    q, p = out.enc_out.weight, model.enc_out.weight
+    assert (q[3] != p[3]).all() and torch.equal(q[:3], p[:3]) and torch.equal(q[4:], p[4:])  # the row, whole
+    assert (by_weight.enc_out.weight[3] == p[3]).sum() > p.shape[1] // 2  # by weight, most of the row stays
+    q, p = out.dec[0].weight, model.dec[0].weight
+    assert (q[:, 5] != p[:, 5]).all() and torch.equal(q[:, :5], p[:, :5]) and torch.equal(q[:, 6:], p[:, 6:])
+    assert info["per_tensor"][lin] == model.enc_out.weight.shape[1] and info["per_tensor"][tr] == p.shape[0]
+    assert not any(w.dim() >= 2 and n not in (lin, tr) for n, w in model.named_parameters() if n in info["per_tensor"])
+    for n, w in model.named_parameters():  # one-dimensional parameters: entry by entry, as by weight
+        if w.dim() == 1:
+            assert torch.equal(dict(out.named_parameters())[n], dict(by_weight.named_parameters())[n]), n
+    with pytest.raises(ValueError, match="unit must be one of"):
+        dampen(model, f_f, f_r, alpha=5.0, unit="layer")
+    with pytest.raises(UsageError, match="--dampen-unit must be one of weight, unit"):
+        sa_config(**{"sa.dampen_unit": "layer"})
+
+
 def test_dampen_mode_flag_reaches_the_dampening(tiny_baseline, accelerator, monkeypatch):
     seen = {}
     real = dampen_method.dampen
 
-    def record(model, f_f, f_r, alpha, mode="shrink", seed=0):
-        seen.update(mode=mode, seed=seed)
-        return real(model, f_f, f_r, alpha, mode, seed)
+    def record(model, f_f, f_r, alpha, mode="shrink", seed=0, unit="weight"):
+        seen.update(mode=mode, seed=seed, unit=unit)
+        return real(model, f_f, f_r, alpha, mode, seed, unit)
 
     monkeypatch.setattr(dampen_method, "dampen", record)
     monkeypatch.setattr(dampen_method, "selective_amnesia", lambda original, fisher, acc, cfg, **kw: (kw["start"], []))
@@ -242,9 +267,12 @@ def test_dampen_mode_flag_reaches_the_dampening(tiny_baseline, accelerator, monk
     add_config_args(p)
     assert config_from_args(p.parse_args([])).sa.dampen_mode == "shrink"
     assert config_from_args(p.parse_args(["--dampen-mode", "reinit"])).sa.dampen_mode == "reinit"
-    cfg = sa_config(**{"sa.method": "dampen", "sa.dampen_mode": "reinit", "sa.n_forget_fisher": 100, "sa.seed": 5})
+    assert config_from_args(p.parse_args([])).sa.dampen_unit == "weight"
+    assert config_from_args(p.parse_args(["--dampen-unit", "unit"])).sa.dampen_unit == "unit"
+    cfg = sa_config(**{"sa.method": "dampen", "sa.dampen_mode": "reinit", "sa.dampen_unit": "unit",
+                       "sa.n_forget_fisher": 100, "sa.seed": 5})
     out = dampen_method.unlearn(Context(cfg, tiny_baseline[0], {}, accelerator))
-    assert seen == {"mode": "reinit", "seed": 5} and out.info["mode"] == "reinit"
+    assert seen == {"mode": "reinit", "seed": 5, "unit": "unit"} and out.info["unit"] == "unit"
     with pytest.raises(UsageError, match="--dampen-mode must be one of shrink, reinit"):
         sa_config(**{"sa.dampen_mode": "zero"})
 

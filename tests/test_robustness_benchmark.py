@@ -14,6 +14,7 @@ import cells  # noqa: E402
 import robustness  # noqa: E402
 import robustness_plan  # noqa: E402
 import robustness_table  # noqa: E402
+from sa_dist.resume import Interrupted  # noqa: E402
 from sa_dist.utils import UsageError  # noqa: E402
 
 FPS = {"evaluator": {"version": 2, "sha256": "e0"}, "paper": {"version": 1, "sha256": "p0"}}
@@ -110,6 +111,23 @@ def run_fake(tmp_path, monkeypatch, calls, *argv):
     table, plan = cells.Table("robustness", tmp_path), robustness_plan.plan(b, FPS)
     failures = robustness.measure_all(robustness.Context(b, None, None), table, plan, log=lambda *a: None)
     return table, b, plan, failures
+
+
+def test_an_interrupt_stops_the_benchmark_instead_of_moving_on(tmp_path, monkeypatch):
+    calls = []
+
+    def interrupted(ctx, cell):
+        calls.append(cell.name)
+        raise Interrupted("interrupted by SIGTERM at sa step 3; resumable state saved", 15)
+
+    monkeypatch.setattr(robustness, "MEASURE", {k: interrupted for k in robustness.MEASURE})
+    b = robustness.parse_args(["--methods", *FAKE, "--arch", "linear", "--forget", "2", "--seeds", "1",
+                               "--restarts", "0", "--results", str(tmp_path)])
+    table, plan = cells.Table("robustness", tmp_path), robustness_plan.plan(b, FPS)
+    with pytest.raises(Interrupted):
+        robustness.measure_all(robustness.Context(b, None, None), table, plan, log=lambda *a: None)
+    assert len(plan) > 1 and len(calls) == 1  # no cell after it ran
+    assert not list(tmp_path.rglob("*.json"))  # and none was written
 
 
 def test_a_rerun_skips_done_cells_and_the_table_comes_from_the_cells(tmp_path, monkeypatch):
