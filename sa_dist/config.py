@@ -53,7 +53,7 @@ class SAConfig:
     sam_rho: float = arg(0.0, "SAM on the surrogate term: radius ρ of its ascent step in weight space (0: off, the paper's SA)")  # arXiv:2502.05374; off until the benchmark shows a gain
     reset_label: bool = arg(False, "re-initialise the weights that read the forgotten labels before SA")  # slows relearning, costs retained quality (docs/verification.md)
     dampen_alpha: float = arg(5.0, "dampen: shrink the weights whose forgotten-class Fisher exceeds alpha x the retained one")  # SSD's selection threshold
-    dampen_mode: str = arg("shrink", "dampen: the selected weights are shrunk (SSD) | reinit (weight matrices and kernels drawn afresh from the default init)")  # shrink until the benchmark shows reinit's gain
+    dampen_mode: str = arg("shrink", "dampen: the selected weights are shrunk (SSD) | reinit (weight matrices and kernels drawn afresh from the default init)")  # SSD's, and what committed dampen cells mean; reinit measures better (docs/robustness.md)
     dampen_unit: str = arg("weight", "dampen: select single weights (SSD) | unit (whole rows and output channels, by the Fisher summed over each)")  # weight until the benchmark shows unit's gain
     noise: float = arg(0.5, "noise: std of the Gaussian noise per weight, relative to the weight's magnitude")
     n_forget_fisher: int = arg(5000, "dampen: samples per Fisher of the forgotten and of the retained classes")  # cost within the SA budget
