@@ -20,10 +20,9 @@ threshold; one-dimensional parameters are still selected entry by entry."""
 from __future__ import annotations
 
 import torch
-
-from ..amnesia import selective_amnesia
 from torch import nn
 
+from ..amnesia import selective_amnesia
 from ..config import DAMPEN_MODES, DAMPEN_UNITS
 from ..fisher import class_fisher, retained_fisher
 from ..models import CVAE, default_init_draw, plain_copy
