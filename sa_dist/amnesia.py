@@ -112,7 +112,8 @@ def selective_amnesia(model: CVAE, fisher: dict | None, accelerator, cfg: RunCon
     An SA epoch is one pass over the replay set of ``n_replay`` samples, each step pairing a replay batch with a
     surrogate batch. Batch norm stays in eval mode (theta*'s running statistics on real data are kept), so the
     objective is the very function whose Fisher was taken, and a sample's loss does not depend on its batch.
-    ``cfg.sa.reset_label``: start from ``reset_label_inputs`` (theta* too). ``checkpointer`` saves a resumable
+    ``cfg.sa.reset_label``: ``reset_label_inputs`` on theta*, ``start`` and ``anchor`` alike (one draw: they share
+    the fresh weights, which EWC then anchors). ``checkpointer`` saves a resumable
     state every SA epoch and on SIGINT/SIGTERM, and resumes from one. ``surrogate_weight`` 0: replay_only.
     ``start``: begin the optimisation from these weights instead of theta*; ``anchor``: the point the EWC term
     pulls towards instead of theta* (the deeper methods: a dampened or noised copy). Replay always samples
@@ -121,8 +122,8 @@ def selective_amnesia(model: CVAE, fisher: dict | None, accelerator, cfg: RunCon
     cfg = validate(cfg)
     s, seed = cfg.sa, cfg.sa_seed
     set_seed(seed)
-    if s.reset_label:
-        model = reset_label_inputs(model, s.forget, seed)
+    if s.reset_label:  # a method's start and anchor too: without it a dampened or noised start kept its old columns
+        model, start, anchor = (m if m is None else reset_label_inputs(m, s.forget, seed) for m in (model, start, anchor))
     frozen = plain_copy(model).to(accelerator.device).requires_grad_(False)  # p(x|theta*), never wrapped
     names = [name for name, _ in frozen.named_parameters()]
     anchor = frozen if anchor is None else plain_copy(anchor).to(accelerator.device)

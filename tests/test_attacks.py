@@ -182,6 +182,15 @@ def test_reset_label_flag_reaches_selective_amnesia(tiny_baseline, accelerator):
     plain, _ = selective_amnesia(model, fisher, accelerator, sa_config(**kw))
     reset, _ = selective_amnesia(model, fisher, accelerator, sa_config(**kw, **{"sa.reset_label": True}))
     assert (col(plain) - col(model)).abs().max() < 1e-4 < (col(reset) - col(model)).abs().max()
+    # a method's own start (dampen, noise) is reset too, with the same draw: before, it kept its trained columns
+    start = copy.deepcopy(model)
+    with torch.no_grad():
+        start.dec[0].weight.add_(0.5)
+    moved, _ = selective_amnesia(model, fisher, accelerator, sa_config(**kw, **{"sa.reset_label": True}),
+                                 start=start, anchor=start)
+    assert (col(moved) - col(reset)).abs().max() < 1e-4  # the fresh columns, not start's (0.5 away)
+    other = moved.dec[0].weight[:, model.z_dim + 3]
+    assert (other - start.dec[0].weight[:, model.z_dim + 3]).abs().max() < 1e-4  # label 3 starts from start
 
 
 @pytest.mark.parametrize("arch", ["conv", "linear"])

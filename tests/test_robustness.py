@@ -12,7 +12,7 @@ from accelerate.state import AcceleratorState
 
 from conftest import LIMIT, sa_config
 from sa_dist.attacks import relearn as relearn_mod
-from sa_dist.attacks.compare import auc_ratio, curve_auc, grid_ratios, steps_ratio
+from sa_dist.attacks.compare import auc_ratio, bar_verdict, curve_auc, grid_ratios, steps_ratio
 from sa_dist.attacks.invert import invert
 from sa_dist.attacks.relearn import Judges, best_of, relearn, relearn_grid, schedule
 from sa_dist.attacks.retain import retain_relearn
@@ -403,3 +403,18 @@ def test_a_model_is_never_trained_under_another_precisions_cache_key(tmp_path):
         assert attack_accelerator(fp16, tmp_path).mixed_precision == ("fp16" if torch.cuda.is_available() else "no")
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_a_relearning_bar_is_decided_only_where_a_bound_allows_it():
+    ks = ("k10", "k100")
+    met = {("k10", "1e-3"): (1.2, "="), ("k100", "1e-3"): (None, None), ("k100", "1e-2"): (0.95, ">=")}
+    assert bar_verdict(met, 0.9, ks) == {"verdict": "met", "worst": {"k": "k100", "lr": "1e-2", "ratio": 0.95,
+                                                                     "bound": ">="}}
+    # retrain never relearned: 1.3 is an upper bound, so the bar is open; the method never did: 0.5 is a lower one
+    assert bar_verdict(met | {("k10", "1e-4"): (1.3, "<=")}, 0.9, ks)["verdict"] == "open"
+    assert bar_verdict(met | {("k10", "1e-4"): (0.5, ">=")}, 0.9, ks)["worst"]["ratio"] == 0.5
+    failing = met | {("k10", "1e-4"): (0.7, "<="), ("k100", "1e-4"): (0.46, "="), ("k10", "1e-2"): (1.3, "<=")}
+    assert bar_verdict(failing, 0.9, ks) == {"verdict": "fails", "worst": {"k": "k100", "lr": "1e-4", "ratio": 0.46,
+                                                                           "bound": "="}}
+    assert bar_verdict({("k10", "1e-3"): (0.2, "=")} | {("k50", "1e-3"): (2.0, "=")}, 0.9, ks)["verdict"] == "unmeasured"
+    assert bar_verdict(failing | {("k50", "1e-3"): (0.1, "=")}, 0.9, ks)["worst"]["ratio"] == 0.46  # k 50: not the bar

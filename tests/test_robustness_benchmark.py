@@ -90,6 +90,7 @@ def fake_measure(calls):
     def measure(ctx, cell):
         calls.append(cell.name)
         p, drop, rise, secs, steps = FAKE[cell.unit.spec]
+        steps = steps[cell.unit.seed] if isinstance(steps, dict) else steps  # per seed
         if cell.kind == "unlearn":
             return {"quality": {"p_forgotten": p, "retained_acc": 0.9 - drop / 100, "retained_acc_drop_pts": drop,
                                 "retained_nelbo_rise_pct": rise}, "seconds": {"fisher": 0.0, "method": secs}}
@@ -154,6 +155,24 @@ def test_a_rerun_skips_done_cells_and_the_table_comes_from_the_cells(tmp_path, m
     log = []
     assert robustness.dry_run(table, plan, FPS, log.append) == [True] * len(plan)
     assert log[-1].startswith(f"{len(plan)} of {len(plan)} cells done")
+
+
+def test_the_must_reach_is_judged_on_every_seed_and_on_the_means(tmp_path, monkeypatch):
+    fake = dict(FAKE)
+    fake["dampen"] = (0.005, 0.5, 1.5, 20.0, {1: (40, 12), 2: (40, 6)})  # seed 2: 0.5x retrain's steps at lr 1e-2
+    monkeypatch.setattr(sys.modules[__name__], "FAKE", fake)
+    table, b, plan, _ = run_fake(tmp_path, monkeypatch, [], "--k", "10", "100")
+    md = robustness.write_table(table, b, plan, FPS)
+    group = json.loads((tmp_path / "robustness" / "robustness.json").read_text())["groups"]["linear, forget 2"]
+    assert group["must_reach"] == ["dampen:sa.dampen_alpha=10"]  # noise misses the quality bars, sa the forgetting
+    bar = group["methods"]["dampen"]["relearning_bar"]
+    assert bar["seeds"]["1"]["verdict"] == "met" and bar["seeds"]["2"]["verdict"] == "fails"
+    assert bar["every_seed"]["worst"] == {"k": "k10", "lr": "0.01", "ratio": 0.5, "bound": "=", "seed": 2}
+    assert bar["seed_means"]["verdict"] == "fails" and bar["seed_means"]["worst"]["ratio"] == pytest.approx(0.75)
+    assert "Must reach (the bars, and steps ratio ≥ 0.9× at every lr for k10 and k100 on every seed): " \
+           "**dampen:sa.dampen_alpha=10**." in md
+    assert "| dampen | fails: 0.50× (seed 2, k10, lr 0.01) | fails: 0.75× (k10, lr 0.01) |" in md
+    assert "| noise |" not in md.split("Must reach")[1].split("steps to P")[0]  # only the specs meeting the bars
 
 
 def test_the_table_renders_for_any_k_and_lr_lists_even_half_measured(tmp_path, monkeypatch):

@@ -9,7 +9,9 @@ Both ratios read the same way: above 1 the model is harder to relearn than ``ret
 * **AUC**: retrain's area under the P curve over the model's (a larger area is faster relearning); None when the
   model's area is 0.
 
-The minimum over a grid is the smallest ratio of its points (None ones left out), with its bound and where it is."""
+The minimum over a grid is the smallest ratio of its points (None ones left out), with its bound and where it is. A
+**bar** (say steps ratio >= 0.9 at every lr for k = 10 and 100) is met, fails, or stays open where a bound cannot decide
+it (``bar_verdict``)."""
 from __future__ import annotations
 
 EQUAL, AT_LEAST, AT_MOST = "=", ">=", "<="
@@ -87,3 +89,30 @@ def grid_ratios(block: dict, ref: dict) -> dict:
         by_k[k] = {"by_lr": per_lr, **grid_min(at)}
         points.update(at)
     return {"by_k": by_k, **grid_min(points)}
+
+
+def ratio_verdict(ratio: float | None, bound: str | None, bar: float) -> str:
+    """One steps ratio against ``bar``: ``met``, ``fails`` or ``open``. A bound decides only on its own side (``<=``:
+    retrain never got there within the budget, the true ratio is lower; ``>=``: the model never did, it is higher;
+    anything else, e.g. a mean over bounds of both kinds, decides nothing); no ratio (neither got there) is met."""
+    if ratio is None:
+        return "met"
+    if ratio >= bar:
+        return "met" if bound in (EQUAL, AT_LEAST, None) else "open"
+    return "fails" if bound in (EQUAL, AT_MOST, None) else "open"
+
+
+def bar_verdict(points: dict, bar: float, ks) -> dict:
+    """``bar`` over the steps ratios ``{(k, lr): (ratio, bound)}`` at every k of ``ks``: ``{"verdict", "worst"}``.
+    The verdict is ``fails`` if a point fails, else ``open`` if one is open, else ``met``; ``unmeasured`` when a k
+    of ``ks`` has no point. ``worst``: the lowest ratio among the deciding points (the failing, else the open, else
+    all), with its k, lr and bound."""
+    if not all(any(k == want for k, _ in points) for want in ks):
+        return {"verdict": "unmeasured", "worst": None}
+    judged = [(ratio_verdict(r, bound, bar), r, at, bound) for at, (r, bound) in points.items() if at[0] in ks]
+    verdict = next((v for v in ("fails", "open") if any(j[0] == v for j in judged)), "met")
+    deciding = [j for j in judged if j[0] == verdict and j[1] is not None]
+    if not deciding:
+        return {"verdict": verdict, "worst": None}
+    _, ratio, (k, lr), bound = min(deciding, key=lambda j: j[1])
+    return {"verdict": verdict, "worst": {"k": k, "lr": lr, "ratio": ratio, "bound": bound}}
