@@ -196,9 +196,12 @@ def main(argv=None):
     plan(b, {"evaluator": None, "paper": None})  # every spec and --set value checked before anything runs
     torch.set_num_threads(b.threads)
     table = Table(TABLE, Path(b.results), commit=b.commit)
-    if b.dry_run:
+    if b.dry_run or b.render_only:
         fps = fingerprints(b.limit, missing_ok=True)
-        dry_run(table, plan(b, fps), fps)
+        if b.dry_run:
+            dry_run(table, plan(b, fps), fps)
+        else:
+            print(write_table(table, b, plan(b, fps), fps))
         return
     accelerator = make_accelerator(cpu=True, mixed_precision="no", threads=b.threads)
     judges = Judges(get_evaluator(accelerator, limit=b.limit)[0], get_paper_classifier(accelerator, limit=b.limit)[0])

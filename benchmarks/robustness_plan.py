@@ -46,6 +46,7 @@ class BenchConfig:
     threads: int = arg(1, "torch CPU threads")  # small batches: 2 threads were 3-6x slower on shared cores
     commit: bool = arg(False, "git-commit each cell as it is written")
     dry_run: bool = arg(False, "list the cells and which are done; measure nothing")
+    render_only: bool = arg(False, "render OUT from the cells on disk (not measured yet: –); measure nothing")
     attack: AttackConfig = field(default_factory=AttackConfig)  # its ATTACK_FLAGS are flags here too
 
 

@@ -184,6 +184,19 @@ def test_the_table_renders_for_any_k_and_lr_lists_even_half_measured(tmp_path, m
     assert "k = 3 real images" in md and "cells measured" in md
 
 
+def test_render_only_writes_the_table_from_the_cells_and_measures_nothing(tmp_path, monkeypatch, capsys):
+    run_fake(tmp_path, monkeypatch, [], "--k", "10")
+    calls = []
+    monkeypatch.setattr(robustness, "MEASURE", {k: fake_measure(calls) for k in robustness.MEASURE})
+    monkeypatch.setattr(robustness, "fingerprints", lambda limit, missing_ok=False: FPS)
+    argv = ["--methods", "sa", "dampen", "--arch", "linear", "--forget", "2", "--seeds", "1", "2", "3", "--lrs", "1e-3",
+            "1e-2", "--k", "10", "--restarts", "0", "--results", str(tmp_path), "--out", "frontier", "--render-only"]
+    robustness.main(argv)
+    md = (tmp_path / "robustness" / "frontier.md").read_text()
+    assert not calls and md == capsys.readouterr().out.rstrip("\n") + "\n"
+    assert "18 of 27 cells measured" in md and "| dampen | 0.005 [0.005, 0.005] +1 – |" in md  # seed 3: not measured
+
+
 def test_cost_is_not_quotable_when_a_cell_was_loaded():
     def cell(secs, loaded, cpu="x"):
         return {"config": {"spec": "m"}, "loaded": loaded, "machine": {"cpu": cpu},
