@@ -198,10 +198,8 @@ def main(argv=None):
     table = Table(TABLE, Path(b.results), commit=b.commit)
     if b.dry_run or b.render_only:
         fps = fingerprints(b.limit, missing_ok=True)
-        if b.dry_run:
-            dry_run(table, plan(b, fps), fps)
-        else:
-            print(write_table(table, b, plan(b, fps), fps))
+        cells = plan(b, fps)
+        dry_run(table, cells, fps) if b.dry_run else print(write_table(table, b, cells, fps))
         return
     accelerator = make_accelerator(cpu=True, mixed_precision="no", threads=b.threads)
     judges = Judges(get_evaluator(accelerator, limit=b.limit)[0], get_paper_classifier(accelerator, limit=b.limit)[0])

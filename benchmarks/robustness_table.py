@@ -240,7 +240,7 @@ def bar_lines(group: dict) -> list[str]:
     fit = {spec: row for spec, row in group["methods"].items() if spec not in REFERENCES and meets_bars(row)}
     if not fit:
         return []
-    met = must_reach(fit)
+    met = group["must_reach"]
     bar = f"steps ratio ≥ {RELEARNING_BAR['ratio']}× at every lr for {' and '.join(RELEARNING_BAR['k'])}"
     lines = ["", f"Must reach (the bars, and {bar} on every seed): "
              + (", ".join(f"**{s}**" for s in met) if met else "met by none") + ". For the specs that meet the bars "
