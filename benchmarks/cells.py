@@ -46,7 +46,8 @@ PRESENTATION = ("figures",)  # run-config fields that only draw: left out of a c
 # cell's key is the full run config: without this every committed cell would be orphaned by a new field).
 NEUTRAL = {("sa", "sam_rho"): 0.0,  # SAM on the surrogate term (2026-12-06): 0 is the paper's SA
            ("sa", "dampen_mode"): "shrink",  # dampen's reinit mode (2026-12-06): shrink is SSD's, as before
-           ("sa", "dampen_unit"): "weight"}  # dampen's unit selection (2026-12-06): single weights, as before
+           ("sa", "dampen_unit"): "weight",  # dampen's unit selection (2026-12-06): single weights, as before
+           ("sa", "dampen_regulariser"): "ewc"}  # dampen's repair term (2026-12-07): the paper's EWC, as before
 
 
 def run_key(run: dict) -> dict:

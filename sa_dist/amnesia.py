@@ -17,7 +17,7 @@ import torch
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from .config import RunConfig, validate
+from .config import REGULARISERS, RunConfig, validate
 from .data import TensorBatches, batch_loader
 from .models import CVAE, default_init_draw, negative_elbo, plain_copy
 from .objective import Regulariser, ewc, injected, regularised_objective, rms, sam_epsilon, weight_distance
@@ -26,7 +26,6 @@ from .runtime import check_device, check_finite, rank_noise, start_tracking, sto
 from .surrogate import get_surrogate
 
 TERMS = ("surrogate_nelbo", "replay_nelbo", "ewc", "loss")  # a history row's floats, as SATerms' fields (SA's)
-REGULARISERS = ("ewc", "distance")  # the objective's third term: the paper's EWC, or the weight-distance push
 
 
 def _labels(classes: list[int], n: int, gen: torch.Generator) -> torch.Tensor:

@@ -18,6 +18,7 @@ from .utils import UsageError, arg, atomic_write_text
 MIXED_PRECISION = ("no", "fp16", "bf16")
 DAMPEN_MODES = ("shrink", "reinit")  # dampen: the selected weights shrunk (SSD) or drawn afresh from the default init
 DAMPEN_UNITS = ("weight", "unit")  # dampen: select single weights (SSD) or whole output units by their summed Fisher
+REGULARISERS = ("ewc", "distance")  # the SA objective's third term: the paper's EWC, or the weight-distance push
 NOISE_ANCHORS = ("noisy", "theta_star", "none")  # noise: EWC anchored at the noised weights, at θ*, or no EWC
 PROTOCOLS = ("default", "paper")
 SA_LR = {"conv": 1e-3, "linear": 5e-4}  # measured: the fastest that keep retained test nELBO within 2%
@@ -55,6 +56,7 @@ class SAConfig:
     dampen_alpha: float = arg(5.0, "dampen: shrink the weights whose forgotten-class Fisher exceeds alpha x the retained one")  # SSD's selection threshold
     dampen_mode: str = arg("shrink", "dampen: the selected weights are shrunk (SSD) | reinit (weight matrices and kernels drawn afresh from the default init)")  # SSD's, and what committed dampen cells mean; reinit measures better (docs/robustness.md)
     dampen_unit: str = arg("weight", "dampen: select single weights (SSD) | unit (whole rows and output channels, by the Fisher summed over each)")  # weight until the benchmark shows unit's gain
+    dampen_regulariser: str = arg("ewc", "dampen: the repair's third term: ewc (λ·EWC anchored at the dampened point) | distance (the distance method's push away from θ*, its α and cap; λ unused)")  # the paper's EWC until the benchmark shows the push's gain
     noise: float = arg(0.5, "noise: std of the Gaussian noise per weight, relative to the weight's magnitude")
     n_forget_fisher: int = arg(5000, "dampen: samples per Fisher of the forgotten and of the retained classes")  # cost within the SA budget
     noise_anchor: str = arg("noisy", "noise: where EWC pulls: noisy (the noised weights) | theta_star | none (λ = 0)")  # today's behaviour until the benchmark measures the others
@@ -226,6 +228,8 @@ def _check_method_fields(s: SAConfig) -> None:
         raise UsageError(f"--dampen-mode must be one of {', '.join(DAMPEN_MODES)}, got {s.dampen_mode!r}")
     if s.dampen_unit not in DAMPEN_UNITS:
         raise UsageError(f"--dampen-unit must be one of {', '.join(DAMPEN_UNITS)}, got {s.dampen_unit!r}")
+    if s.dampen_regulariser not in REGULARISERS:
+        raise UsageError(f"--dampen-regulariser must be one of {', '.join(REGULARISERS)}, got {s.dampen_regulariser!r}")
     if s.noise_anchor not in NOISE_ANCHORS:
         raise UsageError(f"--noise-anchor must be one of {', '.join(NOISE_ANCHORS)}, got {s.noise_anchor!r}")
 

@@ -31,6 +31,7 @@ from sa_dist.methods import noise as noise_method
 from sa_dist.methods.dampen import dampen, unit_axes
 from sa_dist.methods.noise import perturb
 from sa_dist.models import ModelConfig, build_model
+from sa_dist.objective import rms
 from sa_dist.runtime import make_accelerator
 from sa_dist.utils import UsageError, UserError
 
@@ -275,6 +276,45 @@ def test_dampen_mode_flag_reaches_the_dampening(tiny_baseline, accelerator, monk
     assert seen == {"mode": "reinit", "seed": 5, "unit": "unit"} and out.info["unit"] == "unit"
     with pytest.raises(UsageError, match="--dampen-mode must be one of shrink, reinit"):
         sa_config(**{"sa.dampen_mode": "zero"})
+
+
+@pytest.mark.parametrize("regulariser", ["ewc", "distance"])
+def test_dampen_regulariser_says_what_holds_the_repair(regulariser, tiny_baseline, accelerator, monkeypatch):
+    seen = {}
+
+    def record(model, fisher, acc, cfg, **kw):
+        seen.update(kw, fisher=fisher)
+        return model, []
+
+    monkeypatch.setattr(dampen_method, "selective_amnesia", record)
+    cfg = sa_config(**{"sa.method": "dampen", "sa.dampen_mode": "reinit", "sa.dampen_regulariser": regulariser,
+                       "sa.n_forget_fisher": 100})
+    fisher = {"marker": torch.zeros(1)}
+    out = dampen_method.unlearn(Context(cfg, tiny_baseline[0], fisher, accelerator))
+    assert seen["regulariser"] == regulariser and out.info["regulariser"] == regulariser
+    assert any(not torch.equal(a, b) for a, b in zip(seen["start"].parameters(), tiny_baseline[0].parameters()))
+    if regulariser == "ewc":
+        assert seen["anchor"] is seen["start"] and seen["fisher"] is fisher  # EWC holds the damped weights
+    else:
+        assert seen["anchor"] is None and seen["fisher"] is None  # None: the push is measured from θ*
+    with pytest.raises(UsageError, match="--dampen-regulariser must be one of ewc, distance"):
+        sa_config(**{"sa.dampen_regulariser": "l2"})
+
+
+def test_dampen_with_the_distance_push_measures_it_from_theta_star(tiny_baseline, accelerator):
+    model = tiny_baseline[0]
+    small = {"sa.sa_epochs": 1, "sa.n_replay": 256, "sa.n_forget_fisher": 200, "sa.fisher_batch": 200,
+             "sa.method": "dampen", "sa.dampen_mode": "reinit", "sa.dampen_alpha": 1.0,
+             "sa.dampen_regulariser": "distance", "sa.distance_target": 10.0}  # a cap far above: the term is the RMS
+    cfg = sa_config(**small)
+    out = dampen_method.unlearn(Context(cfg, model, None, accelerator))
+    first = out.history[0]
+    assert "weight_dist_reg" in first and "ewc" not in first
+    f_f = dampen_method.class_fisher(model, [2], 200, seed=cfg.sa_seed, batch=200)
+    f_r = dampen_method.retained_fisher(model, [2], 200, seed=cfg.sa_seed, batch=200)
+    damped, _ = dampen(model, f_f, f_r, 1.0, "reinit", seed=cfg.sa_seed)
+    start = float(rms([a - b for a, b in zip(damped.parameters(), model.parameters())]))
+    assert start > 0 and first["weight_dist_reg"] == pytest.approx(-start, rel=0.05)  # from θ*: not 0 at the start
 
 
 def test_dampen_never_amplifies_a_weight_when_alpha_is_below_one():

@@ -16,7 +16,12 @@ model that never learned them (biases and batch-norm scales are still shrunk).
 ``dampen_unit`` ``unit`` selects whole output units instead of single weights: a row of a weight matrix, an output
 channel of a kernel (dim 1 of a transposed convolution's), by the Fisher summed over the unit's incoming weights, so
 a feature that serves the forgotten classes goes as a whole, including its weights that alone would stay under the
-threshold; one-dimensional parameters are still selected entry by entry."""
+threshold; one-dimensional parameters are still selected entry by entry.
+
+``dampen_regulariser`` ``distance`` repairs with the ``distance`` method's third term instead of EWC: from the
+dampened start, SA's surrogate and replay terms with -α·min(RMS(θ - θ*), cap) (``distance_alpha``,
+``distance_target``), measured from θ*, so the repair keeps pushing every weight away from θ* where EWC would hold
+the unselected ones at θ*'s values. λ and θ*'s Fisher are then unused (the Fisher is still computed and counted)."""
 from __future__ import annotations
 
 import torch
@@ -28,7 +33,8 @@ from ..fisher import class_fisher, retained_fisher
 from ..models import CVAE, default_init_draw, plain_copy
 from . import Context, Outcome
 
-USES = ("lam", "gamma", "dampen_alpha", "dampen_mode", "dampen_unit", "sam_rho")
+USES = ("lam", "gamma", "dampen_alpha", "dampen_mode", "dampen_unit", "dampen_regulariser", "distance_alpha",
+        "distance_target", "sam_rho")
 NEEDS_FISHER = True
 MARKER = "P"
 
@@ -90,9 +96,12 @@ def unlearn(ctx: Context) -> Outcome:
     f_r = retained_fisher(model, s.forget, **kw)
     damped, info = dampen(model, f_f, f_r, s.dampen_alpha, s.dampen_mode, seed=cfg.sa_seed,
                           unit=s.dampen_unit)
-    out, history = selective_amnesia(ctx.original, ctx.fisher, acc, cfg, log_dir=ctx.log_dir, checkpointer=ctx.ckpt,
-                                     start=damped, anchor=damped)
-    info = {"alpha": s.dampen_alpha, "mode": s.dampen_mode, "unit": s.dampen_unit, "selected": info["selected"],
+    push = s.dampen_regulariser == "distance"  # away from θ* (the anchor's default); EWC: held at the damped point
+    out, history = selective_amnesia(ctx.original, None if push else ctx.fisher, acc, cfg, log_dir=ctx.log_dir,
+                                     checkpointer=ctx.ckpt, start=damped, anchor=None if push else damped,
+                                     regulariser=s.dampen_regulariser)
+    info = {"alpha": s.dampen_alpha, "mode": s.dampen_mode, "unit": s.dampen_unit,
+            "regulariser": s.dampen_regulariser, "selected": info["selected"],
             "total": info["total"], "selected_share": info["selected"] / info["total"], "per_tensor": info["per_tensor"],
             "n_forget_fisher": s.n_forget_fisher}
     return Outcome(out, history, info=info, sa_terms=True)
