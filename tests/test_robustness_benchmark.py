@@ -6,14 +6,17 @@ import json
 import sys
 
 import pytest
+import torch
 
 from conftest import LIMIT, ROOT, run_script
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import cells  # noqa: E402
+import decoder_probe  # noqa: E402
 import robustness  # noqa: E402
 import robustness_plan  # noqa: E402
 import robustness_table  # noqa: E402
+from sa_dist.models import ModelConfig, build_model  # noqa: E402
 from sa_dist.resume import Interrupted  # noqa: E402
 from sa_dist.utils import UsageError  # noqa: E402
 
@@ -240,3 +243,15 @@ def test_a_committed_cell_keeps_its_key_when_a_neutral_field_is_added_and_a_set_
     assert all(name not in committed["sa"] for (_, name) in cells.NEUTRAL)  # every neutral field keeps the key
     reinit = robustness_plan.run_config(b, robustness_plan.Unit("conv", (2,), 0, "dampen:sa.dampen_mode=reinit"))
     assert cells.run_key(asdict(reinit))["sa"]["dampen_mode"] == "reinit"
+
+
+def test_decoder_probe_sees_a_shut_last_block_and_the_output_logit():
+    model = build_model(ModelConfig(arch="conv", width=4)).eval()
+    with torch.no_grad():
+        model.dec[-2].bias.fill_(-1e3)  # the last block's batch norm: every activation of its ReLU below zero
+        model.dec_out.bias.fill_(-5.0)
+    out = decoder_probe.probe(model, 2, samples=16, seed=0)
+    assert len(out["relus"]) == 4 and out["relus"][-1] == {"zero_share": 1.0, "dead_channel_share": 1.0}
+    assert all(r["zero_share"] < 1.0 for r in out["relus"][:-1])
+    assert out["mean_logit"] == -5.0  # a shut last block leaves only the output bias
+    assert decoder_probe.probe(model, 2, samples=16, seed=0) == out  # seeded draws
