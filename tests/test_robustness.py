@@ -278,15 +278,21 @@ def test_dampen_mode_flag_reaches_the_dampening(tiny_baseline, accelerator, monk
         sa_config(**{"sa.dampen_mode": "zero"})
 
 
-@pytest.mark.parametrize("regulariser", ["ewc", "distance"])
-def test_dampen_regulariser_says_what_holds_the_repair(regulariser, tiny_baseline, accelerator, monkeypatch):
+def _recorded_sa(monkeypatch, module) -> dict:
+    """Replace ``module.selective_amnesia`` by a recorder of what it is called with (it hands theta* back)."""
     seen = {}
 
     def record(model, fisher, acc, cfg, **kw):
-        seen.update(kw, fisher=fisher)
+        seen.update(kw, fisher=fisher, cfg=cfg)
         return model, []
 
-    monkeypatch.setattr(dampen_method, "selective_amnesia", record)
+    monkeypatch.setattr(module, "selective_amnesia", record)
+    return seen
+
+
+@pytest.mark.parametrize("regulariser", ["ewc", "distance"])
+def test_dampen_regulariser_says_what_holds_the_repair(regulariser, tiny_baseline, accelerator, monkeypatch):
+    seen = _recorded_sa(monkeypatch, dampen_method)
     cfg = sa_config(**{"sa.method": "dampen", "sa.dampen_mode": "reinit", "sa.dampen_regulariser": regulariser,
                        "sa.n_forget_fisher": 100})
     fisher = {"marker": torch.zeros(1)}
@@ -331,13 +337,7 @@ def test_dampen_never_amplifies_a_weight_when_alpha_is_below_one():
 
 @pytest.mark.parametrize("anchor", ["noisy", "theta_star", "none"])
 def test_noise_anchor_says_where_ewc_pulls(anchor, tiny_baseline, accelerator, monkeypatch):
-    seen = {}
-
-    def record(model, fisher, acc, cfg, **kw):
-        seen.update(kw, cfg=cfg)
-        return model, []
-
-    monkeypatch.setattr(noise_method, "selective_amnesia", record)
+    seen = _recorded_sa(monkeypatch, noise_method)
     model = tiny_baseline[0]
     cfg = sa_config(**{"sa.method": "noise", "sa.lam": 3.0, "sa.noise_anchor": anchor})
     out = noise_method.unlearn(Context(cfg, model, {}, accelerator))
