@@ -273,6 +273,10 @@ def render(records, b, fps: dict) -> tuple[dict, str]:
     if b.attack.relearn_params != "all":
         md += ["", f"Relearning moves only the weights `{b.attack.relearn_params}` names (`--relearn-params`, a "
                "diagnostic; `sa_dist.attacks.relearn.trainable`), every other weight frozen."]
+    if b.attack.relearn_start != "model":
+        md += ["", f"Relearning starts from `{b.attack.relearn_start}` (`--relearn-start`; "
+               "`sa_dist.attacks.relearn.start_copy`): every model, retrain's included, has the forgotten label's "
+               "input weights reset to the retained labels' mean before the fine-tune."]
     for name, group in groups.items():
         md += group_markdown(name, group, ks, lrs, window)
     cells = [{"name": c.name, "hash": rec["hash"], "loaded": rec["loaded"], "wall_s": rec["wall_s"],

@@ -11,7 +11,8 @@ from conftest import LIMIT, run_script, sa_config
 from sa_dist.amnesia import reset_label_inputs, selective_amnesia
 from sa_dist.attacks.invert import invert
 from sa_dist.attacks.probe import probe
-from sa_dist.attacks.relearn import Judges, p_target, relearn, schedule, trainable
+from sa_dist.attacks.relearn import (Judges, mean_label_inputs, p_target, relearn, schedule, start_copy,
+                                    trainable)
 from sa_dist.attacks.suite import AttackConfig, relearn_at
 from sa_dist.cli.flags import Parser, add_config_args, add_flags, config_from_args, dataclass_from_args, flagged_fields
 from sa_dist.data import load_mnist
@@ -236,3 +237,51 @@ def test_relearn_params_reach_the_fine_tune(tiny_baseline, evaluator):
     assert via["curve"]["p"] == label["curve"]["p"]  # the flag is what the fine-tune moves
     with pytest.raises(SystemExit):
         p.parse_args(["--relearn-params", "decoder"])
+
+
+@pytest.mark.parametrize("arch", ["conv", "linear"])
+def test_label_mean_start_sets_only_the_target_to_the_donors_mean(arch):
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(arch=arch, width=8 if arch == "conv" else 32)).eval()
+    kept = copy.deepcopy(model.state_dict())
+    net = start_copy(model, "label-mean", 2, donors=[1, 3, 4])
+    assert all(torch.equal(v, kept[k]) for k, v in model.state_dict().items())  # the model is untouched
+    for (w, dim, start), (w0, _, _) in zip(net.label_inputs(), model.label_inputs()):
+        sl = lambda t, c: t.narrow(dim, start + c, 1)  # noqa: E731  (label c's input slice)
+        assert torch.allclose(sl(w, 2), (sl(w0, 1) + sl(w0, 3) + sl(w0, 4)) / 3)
+        assert not torch.allclose(sl(w0, 2), sl(w, 2))
+        rest = torch.ones(w.shape[dim], dtype=torch.bool)
+        rest[start + 2] = False
+        assert torch.equal(w.index_select(dim, rest.nonzero()[:, 0]), w0.index_select(dim, rest.nonzero()[:, 0]))
+    plain = start_copy(model, "model", 2)
+    assert all(torch.equal(v, kept[k]) for k, v in plain.state_dict().items())  # "model": an exact copy
+    with pytest.raises(ValueError, match="donor labels other than"):
+        mean_label_inputs(copy.deepcopy(model), 2, [2, 3])
+    with pytest.raises(ValueError, match="start must be one of"):
+        start_copy(model, "fresh", 2)
+
+
+def test_relearn_start_reaches_the_fine_tune_and_retain(tiny_baseline, evaluator):
+    model = copy.deepcopy(tiny_baseline[0]).eval()
+    kw = {"steps": 4, "lr": 2e-3, "n_samples": 100, "threshold": 1.01, "auc_steps": 100, "seed": 0}
+    plain = relearn(model, Judges(evaluator), _twos(10), 2, **kw)
+    reset = relearn(model, Judges(evaluator), _twos(10), 2, start="label-mean", **kw)
+    z = torch.randn(100, model.z_dim, generator=torch.Generator().manual_seed(0))
+    assert reset["curve"]["p"][0] == pytest.approx(p_target(start_copy(model, "label-mean", 2), evaluator, z, 2),
+                                                   abs=1e-5)  # it starts from the reset model
+    assert plain["curve"]["p"][0] == pytest.approx(p_target(model, evaluator, z, 2), abs=1e-5)
+    assert abs(plain["curve"]["p"][0] - reset["curve"]["p"][0]) > 1e-3  # two different starts
+    p = Parser()
+    add_flags(p, flagged_fields(AttackConfig))
+    a = dataclass_from_args(AttackConfig, p.parse_args(["--relearn-start", "label-mean", "--relearn-steps", "4",
+                                                        "--relearn-samples", "100", "--retain-steps", "2"]))
+    assert a.relearn_start == "label-mean" and AttackConfig().relearn_start == "model"
+    a = replace(a, threshold=1.01)
+    via = relearn_at(model, Judges(evaluator), {10: _twos(10)}, 2, a, "cpu", 10, 2e-3)
+    assert via["curve"]["p"] == reset["curve"]["p"]  # the flag is where the fine-tune starts
+    donors = relearn_at(model, Judges(evaluator), {10: _twos(10)}, 2, a, "cpu", 10, 2e-3, donors=[0, 1])
+    assert donors["curve"]["p"][0] != reset["curve"]["p"][0]  # the donors are the ones passed
+    retained = relearn_at(model, Judges(evaluator), {0: load_mnist(True, limit=LIMIT)}, 2, a, "cpu", 0, 2e-3)
+    assert retained["p_start"] == reset["curve"]["p"][0]  # k = 0 starts from the same reset model
+    with pytest.raises(SystemExit):
+        p.parse_args(["--relearn-start", "fresh"])

@@ -45,6 +45,9 @@ def test_cell_keys_change_with_every_setting_that_shapes_them():
     label = hashes("--relearn-params", "label")  # the label-only diagnostic: new relearning cells, the rest reused
     assert all((label[n] != base[n]) == ("relearn" in n) for n in base)
     assert hashes("--relearn-params", "all") == base  # the default keeps the keys committed before the flag
+    start = hashes("--relearn-start", "label-mean")  # the surrogate-aware start: new relearning cells only
+    assert all((start[n] != base[n]) == ("relearn" in n) for n in base)
+    assert hashes("--relearn-start", "model") == base  # the default keeps the keys committed before the flag
     retain = hashes("--retain-steps", "50")
     assert all((retain[n] != base[n]) == n.endswith("-k0") for n in base)  # k=0's budget shapes k=0 alone
     spec = hashes("--methods", "sa:sa.lam=2")

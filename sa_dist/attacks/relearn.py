@@ -9,7 +9,12 @@ official code saves them), so readers can compare judges.
 
 What the attacker may move (``PARAMS``): every weight (``all``, the attack), or only the weights that read the
 one-hot label (``label``, a diagnostic): a class that comes back by re-pointing its label alone still lives in
-the shared features, where re-pointing cannot reach a class that was really erased."""
+the shared features, where re-pointing cannot reach a class that was really erased.
+
+Where the attacker starts (``STARTS``): the model as it is (``model``), or (``label-mean``, an attacker who knows
+which label was forgotten and that unlearning taught it a surrogate) the model with that label's own input weights
+replaced by the mean of the retained labels' (``mean_label_inputs``) before the fine-tune: whatever unlearning wrote
+into the label's own weights is gone, every shared weight is kept. Both are applied to ``retrain`` alike."""
 from __future__ import annotations
 
 import copy
@@ -25,6 +30,7 @@ from .compare import curve_auc
 
 
 PARAMS = ("all", "label")  # relearn --relearn-params: what the fine-tune may move
+STARTS = ("model", "label-mean")  # relearn --relearn-start: the weights the fine-tune starts from
 
 
 class Judges(NamedTuple):
@@ -124,15 +130,41 @@ def trainable(net: CVAE, params: str = "all") -> list[torch.Tensor]:
     return out
 
 
+@torch.no_grad()
+def mean_label_inputs(net: CVAE, target: int, donors) -> None:
+    """Overwrite label ``target``'s slice of every weight that reads the one-hot label (``CVAE.label_inputs``)
+    with the mean of the ``donors``' slices, in place."""
+    if not donors or target in donors:
+        raise ValueError(f"mean_label_inputs needs donor labels other than the target {target}, "
+                         f"got {list(donors)}")
+    for w, dim, start in net.label_inputs():
+        mean = torch.stack([w.narrow(dim, start + d, 1) for d in donors]).mean(0)
+        w.narrow(dim, start + target, 1).copy_(mean)
+
+
+def start_copy(model: CVAE, start: str, target: int, donors=None, device="cpu") -> CVAE:
+    """A copy of ``model`` on ``device`` in eval mode (batch norm frozen, as in SA) to fine-tune, started as
+    ``start`` says (``STARTS``); ``donors``: the labels whose mean ``label-mean`` takes (default: every other
+    label). The model is untouched."""
+    if start not in STARTS:
+        raise ValueError(f"start must be one of {', '.join(STARTS)}, got {start!r}")
+    net = copy.deepcopy(model).to(device).eval()
+    if start == "label-mean":
+        others = [c for c in range(net.n_classes) if c != target]
+        mean_label_inputs(net, target, others if donors is None else donors)
+    return net
+
+
 def relearn(model: CVAE, judges: Judges, images: torch.Tensor, target: int, *, steps: int, lr: float,
-            n_samples: int, threshold: float, auc_steps: int, seed: int, params: str = "all", device="cpu") -> dict:
-    """Fine-tune a copy of ``model`` on ``images`` ``(k, 1, 28, 28)`` (all of them each step, batch norm frozen in
-    eval mode, as in SA) with the negative ELBO under label ``target``, Adam at ``lr`` on the weights ``params``
-    names (``trainable``); ``finetune``'s result on ``n_samples`` fixed latents, with ``k`` and ``lr``. The model
-    is untouched."""
+            n_samples: int, threshold: float, auc_steps: int, seed: int, params: str = "all", start: str = "model",
+            donors=None, device="cpu") -> dict:
+    """Fine-tune a copy of ``model`` (started as ``start`` says, ``start_copy``) on ``images`` ``(k, 1, 28, 28)``
+    (all of them each step, batch norm frozen in eval mode, as in SA) with the negative ELBO under label ``target``,
+    Adam at ``lr`` on the weights ``params`` names (``trainable``); ``finetune``'s result on ``n_samples`` fixed
+    latents, with ``k`` and ``lr``. The model is untouched."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n_samples, model.z_dim, generator=gen).to(device)
-    net = copy.deepcopy(model).to(device).eval()
+    net = start_copy(model, start, target, donors, device)
     x = images.to(device)
     c = torch.full((len(x),), target, device=device)
     opt = torch.optim.Adam(trainable(net, params), lr=lr)

@@ -5,29 +5,28 @@ erased. Scored like relearning (``relearn.finetune``): steps to the threshold, t
 judges."""
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from ..models import CVAE, negative_elbo
 from ..utils import UserError
-from .relearn import Judges, adam_step, finetune, judge, trainable
+from .relearn import Judges, adam_step, finetune, judge, start_copy, trainable
 
 
 def retain_relearn(model: CVAE, judges: Judges, x: torch.Tensor, y: torch.Tensor, target: int, *, steps: int,
                    batch: int, lr: float, n_samples: int, threshold: float, auc_steps: int, seed: int,
-                   stop: bool, params: str = "all", device="cpu") -> dict:
+                   stop: bool, params: str = "all", start: str = "model", donors=None, device="cpu") -> dict:
     """Fine-tune a copy of ``model`` for up to ``steps`` Adam steps at ``lr`` on seeded batches of ``batch``
     images of ``x`` ``(N, 1, 28, 28)`` (labels ``y`` ``(N,)``; those labelled ``target`` are dropped), batch norm
-    in eval mode, Adam on the weights ``params`` names (``relearn.trainable``); ``finetune``'s result (``stop``:
-    end at the threshold) with the start P and the settings."""
+    in eval mode, started as ``start`` says (``relearn.start_copy``), Adam on the weights ``params`` names
+    (``relearn.trainable``); ``finetune``'s result (``stop``: end at the threshold) with the start P and the
+    settings."""
     keep = y != target
     if not keep.any():
         raise UserError(f"retain-only relearning needs images of classes other than {target}; the data has none")
     x, y = x[keep], y[keep]
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n_samples, model.z_dim, generator=gen).to(device)
-    net = copy.deepcopy(model).to(device).eval()
+    net = start_copy(model, start, target, donors, device)
     opt = torch.optim.Adam(trainable(net, params), lr=lr)
 
     def step():

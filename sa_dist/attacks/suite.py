@@ -26,7 +26,7 @@ from .compare import grid_ratios
 from .figures import invert_figure, relearn_figure
 from .invert import invert
 from .probe import probe
-from .relearn import PARAMS, Judges, relearn, relearn_grid
+from .relearn import PARAMS, STARTS, Judges, relearn, relearn_grid
 from .retain import retain_relearn
 from .weights import weight_report
 
@@ -47,6 +47,9 @@ class AttackConfig:
                            factory=lambda: [3e-4, 3e-3], nargs="+", type=float)  # two for speed; the benchmark's grid: 7, 1e-4 to 1e-2
     relearn_params: str = arg("all", "weights the fine-tune may move: all, or (a diagnostic) only those reading "
                                      "the one-hot label", choices=PARAMS)
+    relearn_start: str = arg("model", "what the fine-tune starts from: the model, or (an attacker who knows the "
+                                      "forgotten label) the model with that label's input weights reset to the "
+                                      "retained labels' mean", choices=STARTS)
     relearn_samples: int = arg(1000, "samples of the target label scored at each scheduled step")
     threshold: float = arg(0.5, "relearned once mean P(y=target) reaches this", flag="")
     auc_steps: int = arg(100, "steps over which the area under the P curve is taken (after a stop at the "
@@ -117,11 +120,14 @@ def target_images(cfg: RunConfig, target: int, k: int, seed: int) -> torch.Tenso
     return x[torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:k]]
 
 
-def relearn_at(model, judges: Judges, data: dict, target: int, a: AttackConfig, device, k: int, lr: float) -> dict:
+def relearn_at(model, judges: Judges, data: dict, target: int, a: AttackConfig, device, k: int, lr: float,
+               donors=None) -> dict:
     """One relearning run at ``lr`` on ``data[k]``: k images of the target, or (k = 0) ``data[0]`` = (x, y) of
-    the retained classes, stopped at the threshold like the others."""
+    the retained classes, stopped at the threshold like the others; ``donors``: the retained labels (for
+    ``--relearn-start label-mean``; default every label but the target)."""
     common = {"lr": lr, "n_samples": a.relearn_samples, "threshold": a.threshold, "auc_steps": a.auc_steps,
-              "seed": a.seed, "params": a.relearn_params, "device": device}
+              "seed": a.seed, "params": a.relearn_params, "start": a.relearn_start, "donors": donors,
+              "device": device}
     if k == 0:
         return retain_relearn(model, judges, *data[0], target, steps=a.retain_steps, batch=a.retain_batch,
                               stop=True, **common)
@@ -131,8 +137,8 @@ def relearn_at(model, judges: Judges, data: dict, target: int, a: AttackConfig, 
 def run_relearn(models: dict, judges: Judges, cfg: RunConfig, a: AttackConfig, target: int, device) -> dict:
     """Every model at every (k, lr) of the grid, on the same images, latents and noise."""
     out = {"settings": {"k": list(a.relearn_k), "max_steps": a.relearn_steps, "lr": list(a.relearn_lr),
-                        "optimizer": "Adam", "params": a.relearn_params, "samples": a.relearn_samples,
-                        "threshold": a.threshold,
+                        "optimizer": "Adam", "params": a.relearn_params, "start": a.relearn_start,
+                        "samples": a.relearn_samples, "threshold": a.threshold,
                         "auc_steps": a.auc_steps, "scored": "schedule",
                         "stops": "at the first scored step with P >= threshold (for the AUC, the last P is held)",
                         "judges": {"p": "the evaluator (decides the threshold)",
@@ -142,9 +148,10 @@ def run_relearn(models: dict, judges: Judges, cfg: RunConfig, a: AttackConfig, t
     data = {k: target_images(cfg, target, k, a.seed) for k in a.relearn_k if k > 0}  # the same for every model
     if 0 in a.relearn_k:
         data[0] = load_mnist(True, cfg.data_dir, cfg.train.limit)
+    donors = [c for c in range(cfg.model.n_classes) if c not in cfg.sa.forget]  # retained labels: label-mean's
     for name, (model, _) in models.items():
         out["models"][name] = {f"k{k}": relearn_grid(functools.partial(relearn_at, model, judges, data, target, a,
-                                                                       device, k), a.relearn_lr)
+                                                                       device, k, donors=donors), a.relearn_lr)
                                for k in a.relearn_k}
     return out
 
