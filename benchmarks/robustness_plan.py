@@ -9,15 +9,16 @@ from typing import Optional
 import yaml
 
 from cells import RESULTS, run_key
-from sa_dist.attacks.suite import AttackConfig
+from sa_dist.attacks.suite import AttackConfig, check_draw
 from sa_dist.config import RunConfig, validate, with_values
 from sa_dist.methods import method_names
 from sa_dist.utils import UsageError, arg
 
 TABLE = "robustness"
 LR_GRID = [round(10 ** (-4 + i / 3), 10) for i in range(7)]  # 3 a decade, log-even, 1e-4 to 1e-2
-ATTACK_FLAGS = ("relearn_steps", "relearn_params", "relearn_start", "relearn_samples", "auc_steps", "retain_steps",
-                "retain_batch", "invert_restarts", "invert_steps", "invert_penalty", "weights_points")  # AttackConfig's flags (and defaults) used here
+ATTACK_FLAGS = ("relearn_steps", "relearn_params", "relearn_start", "relearn_draw", "relearn_samples", "auc_steps",
+                "retain_steps", "retain_batch", "invert_restarts", "invert_steps", "invert_penalty",
+                "weights_points")  # AttackConfig's flags (and defaults) used here
 
 
 @dataclass
@@ -143,8 +144,10 @@ def unit_cells(b: BenchConfig, unit: Unit, fps: dict) -> list[Cell]:
         budget = ({"steps": a.retain_steps, "batch": a.retain_batch} if k == 0 else {"steps": a.relearn_steps})
         moved = {"params": a.relearn_params} if a.relearn_params != "all" else {}  # "all": the keys of before
         started = {"start": a.relearn_start} if a.relearn_start != "model" else {}  # "model": the keys of before
+        drawn = {"draw": a.relearn_draw} if a.relearn_draw is not None else {}  # the control: new cells
+        check_draw(replace(a, relearn_k=[k]), unit.forget[0], cfg.model.n_classes)
         attack = {"lrs": a.relearn_lr, "samples": a.relearn_samples, "threshold": a.threshold,
-                  "auc_steps": a.auc_steps, "seed": a.seed, **budget, **moved, **started}
+                  "auc_steps": a.auc_steps, "seed": a.seed, **budget, **moved, **started, **drawn}
         cells.append(Cell(base, "relearn", {"kind": "relearn", "k": k, "unlearn": unlearn, "attack": attack,
                                             "paper": fps["paper"], "evaluator": fps["evaluator"]}, unit, k))
     fisher = asdict(run_config(b, unit, with_spec=False).sa)

@@ -277,6 +277,11 @@ def render(records, b, fps: dict) -> tuple[dict, str]:
         md += ["", f"Relearning starts from `{b.attack.relearn_start}` (`--relearn-start`; "
                "`sa_dist.attacks.relearn.start_copy`): every model, retrain's included, has the forgotten label's "
                "input weights reset to the retained labels' mean before the fine-tune."]
+    if b.attack.relearn_draw is not None:
+        md += ["", f"**A control, not the attack** (`--relearn-draw {b.attack.relearn_draw}`): every model's forgotten "
+               f"label is taught real images of class {b.attack.relearn_draw}, judged by P(y={b.attack.relearn_draw}); "
+               "the steps measure how fast a model re-points a label (its plasticity), not what it kept of the "
+               "forgotten class. The bars' verdicts below judge this control, not the forgetting."]
     for name, group in groups.items():
         md += group_markdown(name, group, ks, lrs, window)
     cells = [{"name": c.name, "hash": rec["hash"], "loaded": rec["loaded"], "wall_s": rec["wall_s"],

@@ -11,14 +11,15 @@ from conftest import LIMIT, run_script, sa_config
 from sa_dist.amnesia import reset_label_inputs, selective_amnesia
 from sa_dist.attacks.invert import invert
 from sa_dist.attacks.probe import probe
-from sa_dist.attacks.relearn import (Judges, mean_label_inputs, p_target, relearn, schedule, start_copy,
-                                    trainable)
-from sa_dist.attacks.suite import AttackConfig, relearn_at
+from sa_dist.attacks.relearn import (Judges, label_samples, mean_label_inputs, p_target, relearn, schedule,
+                                    start_copy, trainable)
+from sa_dist.attacks.suite import AttackConfig, check_draw, relearn_at, run_relearn, target_images
 from sa_dist.cli.flags import Parser, add_config_args, add_flags, config_from_args, dataclass_from_args, flagged_fields
 from sa_dist.data import load_mnist
 from sa_dist.evaluation.evaluator import get_evaluator
 from sa_dist.fisher import diag_fisher
 from sa_dist.models import ModelConfig, build_model, negative_elbo
+from sa_dist.utils import UsageError
 
 TINY = ["--arch", "linear", "--width", "64", "--epochs", "1", "--limit", str(LIMIT), "--n-fisher", "500",
         "--sa_epochs", "1", "--n-replay", "1024", "--eval-samples", "50", "--no-figures"]
@@ -285,3 +286,36 @@ def test_relearn_start_reaches_the_fine_tune_and_retain(tiny_baseline, evaluator
     assert retained["p_start"] == reset["curve"]["p"][0]  # k = 0 starts from the same reset model
     with pytest.raises(SystemExit):
         p.parse_args(["--relearn-start", "fresh"])
+
+
+def test_relearn_draw_teaches_the_label_another_class_and_judges_that_class(tiny_baseline, evaluator):
+    model = copy.deepcopy(tiny_baseline[0]).eval()
+    kw = {"steps": 6, "lr": 3e-3, "n_samples": 100, "threshold": 1.01, "auc_steps": 100, "seed": 0}
+    x, y = load_mnist(True, limit=LIMIT)
+    sevens = x[y == 7][:10]
+    control = relearn(model, Judges(evaluator), sevens, 2, draw=7, **kw)
+    z = torch.randn(100, model.z_dim, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        p7 = torch.softmax(evaluator(label_samples(model, z, 2)), 1)[:, 7].mean().item()
+    assert control["curve"]["p"][0] == pytest.approx(p7, abs=1e-5)  # P(y=7) of label 2's samples, before
+    assert control["curve"]["p"][-1] > control["curve"]["p"][0] + 0.01  # label 2 learns to draw sevens
+    attack = relearn(model, Judges(evaluator), _twos(10), 2, **kw)
+    assert attack["curve"]["p"][0] != control["curve"]["p"][0]  # the attack judges P(y=2)
+    cfg = sa_config(**{"train.limit": LIMIT})
+    a = AttackConfig(relearn_k=[10], relearn_lr=[3e-3], relearn_steps=6, relearn_samples=100, threshold=1.01,
+                     relearn_draw=7)
+    block = run_relearn({"m": (model, "test")}, Judges(evaluator), cfg, a, 2, "cpu")
+    assert block["settings"]["draw"] == 7
+    direct = relearn(model, Judges(evaluator), target_images(cfg, 7, 10, 0), 2, draw=7, **kw)
+    assert block["models"]["m"]["k10"]["by_lr"]["0.003"]["curve"]["p"] == direct["curve"]["p"]  # sevens, judged 7
+    p = Parser()
+    add_flags(p, flagged_fields(AttackConfig))
+    assert dataclass_from_args(AttackConfig, p.parse_args(["--relearn-draw", "7"])).relearn_draw == 7
+    assert AttackConfig().relearn_draw is None
+    for bad, match in ((2, "other than the target 2"), (10, "in 0..9"), (-1, "in 0..9")):
+        with pytest.raises(UsageError, match=match):
+            check_draw(replace(a, relearn_draw=bad), 2, 10)
+    with pytest.raises(UsageError, match="k = 0"):
+        check_draw(replace(a, relearn_k=[0, 10]), 2, 10)
+    check_draw(replace(a, relearn_draw=None, relearn_k=[0]), 2, 10)  # the attack itself: any k
+

@@ -48,6 +48,11 @@ def test_cell_keys_change_with_every_setting_that_shapes_them():
     start = hashes("--relearn-start", "label-mean")  # the surrogate-aware start: new relearning cells only
     assert all((start[n] != base[n]) == ("relearn" in n) for n in base)
     assert hashes("--relearn-start", "model") == base  # the default keeps the keys committed before the flag
+    draw = hashes("--relearn-draw", "7", "--k", "10", "100")  # the plasticity control: new relearning cells only
+    plain = hashes("--k", "10", "100")
+    assert draw.keys() == plain.keys() and all((draw[n] != plain[n]) == ("relearn" in n) for n in plain)
+    with pytest.raises(UsageError, match="k = 0"):
+        hashes("--relearn-draw", "7")  # the default k has 0, where there is nothing to teach
     retain = hashes("--retain-steps", "50")
     assert all((retain[n] != base[n]) == n.endswith("-k0") for n in base)  # k=0's budget shapes k=0 alone
     spec = hashes("--methods", "sa:sa.lam=2")

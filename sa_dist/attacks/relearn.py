@@ -14,7 +14,12 @@ the shared features, where re-pointing cannot reach a class that was really eras
 Where the attacker starts (``STARTS``): the model as it is (``model``), or (``label-mean``, an attacker who knows
 which label was forgotten and that unlearning taught it a surrogate) the model with that label's own input weights
 replaced by the mean of the retained labels' (``mean_label_inputs``) before the fine-tune: whatever unlearning wrote
-into the label's own weights is gone, every shared weight is kept. Both are applied to ``retrain`` alike."""
+into the label's own weights is gone, every shared weight is kept. Both are applied to ``retrain`` alike.
+
+What the fine-tune teaches (``draw``): the forgotten class's own images (the attack), or (a control) real images of
+another class K under the forgotten label, judged by P(y=K) on that label's samples. Every model knows K, so the
+control's steps measure how fast a model re-points a label at all (its plasticity), not what it kept of the
+forgotten class: a model that relearns the class fast *and* learns the control fast is plastic, not leaky."""
 from __future__ import annotations
 
 import copy
@@ -58,13 +63,16 @@ def p_target(model: CVAE, evaluator, z: torch.Tensor, target: int) -> float:
 
 
 @torch.no_grad()
-def judge(model: CVAE, judges: Judges, z: torch.Tensor, target: int) -> tuple[float, float | None]:
-    """(evaluator P, paper classifier P or None) of the target on the same samples of ``z``."""
+def judge(model: CVAE, judges: Judges, z: torch.Tensor, target: int,
+          cls: Optional[int] = None) -> tuple[float, float | None]:
+    """(evaluator P, paper classifier P or None) of class ``cls`` (default the target) on the same samples of
+    ``z`` under the one-hot ``target``."""
     x = label_samples(model, z, target)
-    p = F.softmax(judges.evaluator(x), 1)[:, target].mean().item()
+    cls = target if cls is None else cls
+    p = F.softmax(judges.evaluator(x), 1)[:, cls].mean().item()
     if judges.paper is None:
         return p, None
-    return p, log_probs(judges.paper, uint8_round_trip(x))[:, target].exp().mean().item()
+    return p, log_probs(judges.paper, uint8_round_trip(x))[:, cls].exp().mean().item()
 
 
 def sig(x: float) -> float:
@@ -157,11 +165,12 @@ def start_copy(model: CVAE, start: str, target: int, donors=None, device="cpu") 
 
 def relearn(model: CVAE, judges: Judges, images: torch.Tensor, target: int, *, steps: int, lr: float,
             n_samples: int, threshold: float, auc_steps: int, seed: int, params: str = "all", start: str = "model",
-            donors=None, device="cpu") -> dict:
+            donors=None, draw: Optional[int] = None, device="cpu") -> dict:
     """Fine-tune a copy of ``model`` (started as ``start`` says, ``start_copy``) on ``images`` ``(k, 1, 28, 28)``
     (all of them each step, batch norm frozen in eval mode, as in SA) with the negative ELBO under label ``target``,
     Adam at ``lr`` on the weights ``params`` names (``trainable``); ``finetune``'s result on ``n_samples`` fixed
-    latents, with ``k`` and ``lr``. The model is untouched."""
+    latents, P judged for class ``draw`` (the control: ``images`` are of that class; default the target), with
+    ``k`` and ``lr``. The model is untouched."""
     gen = torch.Generator().manual_seed(seed)
     z = torch.randn(n_samples, model.z_dim, generator=gen).to(device)
     net = start_copy(model, start, target, donors, device)
@@ -173,7 +182,7 @@ def relearn(model: CVAE, judges: Judges, images: torch.Tensor, target: int, *, s
         eps = torch.randn(len(x), net.z_dim, generator=gen).to(device)
         adam_step(opt, negative_elbo(net, x, c, eps).mean())
 
-    out = finetune(step, lambda: judge(net, judges, z, target), steps, threshold, auc_steps)
+    out = finetune(step, lambda: judge(net, judges, z, target, draw), steps, threshold, auc_steps)
     return {"k": len(x), "lr": lr, **out}
 
 

@@ -50,6 +50,8 @@ class AttackConfig:
     relearn_start: str = arg("model", "what the fine-tune starts from: the model, or (an attacker who knows the "
                                       "forgotten label) the model with that label's input weights reset to the "
                                       "retained labels' mean", choices=STARTS)
+    relearn_draw: Optional[int] = arg(None, "a control for plasticity: teach the forgotten label real images of "
+                                            "this other class, judged by P(y=it)", shown="the forgotten class")
     relearn_samples: int = arg(1000, "samples of the target label scored at each scheduled step")
     threshold: float = arg(0.5, "relearned once mean P(y=target) reaches this", flag="")
     auc_steps: int = arg(100, "steps over which the area under the P curve is taken (after a stop at the "
@@ -131,13 +133,26 @@ def relearn_at(model, judges: Judges, data: dict, target: int, a: AttackConfig, 
     if k == 0:
         return retain_relearn(model, judges, *data[0], target, steps=a.retain_steps, batch=a.retain_batch,
                               stop=True, **common)
-    return relearn(model, judges, data[k], target, steps=a.relearn_steps, **common)
+    return relearn(model, judges, data[k], target, steps=a.relearn_steps, draw=a.relearn_draw, **common)
+
+
+def check_draw(a: AttackConfig, target: int, n_classes: int) -> None:
+    """``--relearn-draw`` names another class and comes with k > 0 only (k = 0 has no images to teach)."""
+    if a.relearn_draw is None:
+        return
+    if not 0 <= a.relearn_draw < n_classes or a.relearn_draw == target:
+        raise UsageError(f"--relearn-draw must be a class in 0..{n_classes - 1} other than the target {target}, "
+                         f"got {a.relearn_draw}")
+    if 0 in a.relearn_k:
+        raise UsageError("--relearn-draw teaches k > 0 images of its class; k = 0 (retained classes only) has none")
 
 
 def run_relearn(models: dict, judges: Judges, cfg: RunConfig, a: AttackConfig, target: int, device) -> dict:
     """Every model at every (k, lr) of the grid, on the same images, latents and noise."""
+    check_draw(a, target, cfg.model.n_classes)
     out = {"settings": {"k": list(a.relearn_k), "max_steps": a.relearn_steps, "lr": list(a.relearn_lr),
                         "optimizer": "Adam", "params": a.relearn_params, "start": a.relearn_start,
+                        "draw": target if a.relearn_draw is None else a.relearn_draw,
                         "samples": a.relearn_samples, "threshold": a.threshold,
                         "auc_steps": a.auc_steps, "scored": "schedule",
                         "stops": "at the first scored step with P >= threshold (for the AUC, the last P is held)",
@@ -145,7 +160,8 @@ def run_relearn(models: dict, judges: Judges, cfg: RunConfig, a: AttackConfig, t
                                    "p_paper": "the paper protocol's classifier, on 8-bit samples"},
                         "k0": f"retained classes only: {a.retain_steps} steps of {a.retain_batch} images",
                         "best_lr": "secondary: the lr with the fewest steps"}, "models": {}}
-    data = {k: target_images(cfg, target, k, a.seed) for k in a.relearn_k if k > 0}  # the same for every model
+    drawn = target if a.relearn_draw is None else a.relearn_draw
+    data = {k: target_images(cfg, drawn, k, a.seed) for k in a.relearn_k if k > 0}  # the same for every model
     if 0 in a.relearn_k:
         data[0] = load_mnist(True, cfg.data_dir, cfg.train.limit)
     donors = [c for c in range(cfg.model.n_classes) if c not in cfg.sa.forget]  # retained labels: label-mean's
@@ -272,6 +288,8 @@ def run_attacks(run_dir: str | Path, kinds=KINDS, acfg: AttackConfig | None = No
     target = cfg.sa.forget[0] if a.target is None else a.target
     if target not in cfg.sa.forget:
         raise UsageError(f"--target {target} is not a forgotten class of this run ({cfg.sa.forget})")
+    if "relearn" in kinds:
+        check_draw(a, target, cfg.model.n_classes)
     accelerator = accelerator or attack_accelerator(cfg, run_dir)
     models = load_models(run_dir, cfg, results, accelerator, names, original, retrain)
     anchor = None
