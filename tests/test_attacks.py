@@ -137,6 +137,8 @@ def test_attack_script_writes_all_three_side_by_side_and_merges(tiny_run):
     (["--target", "5"], 2, "--target 5 is not a forgotten class"),
     (["--kind", "fly"], 2, "invalid choice: 'fly'"),
     (["--restarts", "0"], 2, "--restarts must be >= 1"),
+    (["--relearn-draw", "2"], 2, "--relearn-draw must be a class in 0..9 other than the target 2"),
+    (["--relearn-draw", "7", "--relearn-k", "0", "10"], 2, "k = 0 (retained classes only) has none"),
 ])
 @pytest.mark.slow
 def test_bad_attack_arguments_are_one_line(tiny_run, cli, argv, code, match):

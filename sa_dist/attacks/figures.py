@@ -9,6 +9,7 @@ from ..analysis.plots import image_grid, save_png, subplots
 def relearn_figure(block: dict, target: int, path: Path):
     """One panel per (k, lr): every model's P curve (solid: the evaluator; dashed: the paper classifier)."""
     ks, lrs = block["settings"]["k"], [f"{lr:g}" for lr in block["settings"]["lr"]]
+    drawn = block["settings"].get("draw", target)  # --relearn-draw: the control's class, taught to label target
     fig, axes = subplots(len(ks), len(lrs), figsize=(4.2 * len(lrs), 3.2 * len(ks)), squeeze=False)
     for row, k in zip(axes, ks):
         for ax, lr in zip(row, lrs):
@@ -18,8 +19,9 @@ def relearn_figure(block: dict, target: int, path: Path):
                 if "p_paper" in cur:
                     ax.plot(cur["step"], cur["p_paper"], ls="--", color=f"C{i}", lw=1)
             ax.axhline(block["settings"]["threshold"], color="grey", ls=":", lw=1)
-            data = "retained classes only" if k == 0 else f"k={k} real {target}s"
-            ax.set(title=f"{data}, lr {lr}", xlabel="fine-tuning step", ylabel=f"mean P(y={target})",
+            data = "retained classes only" if k == 0 else f"k={k} real {drawn}s" + (
+                f" as label {target}" if drawn != target else "")
+            ax.set(title=f"{data}, lr {lr}", xlabel="fine-tuning step", ylabel=f"mean P(y={drawn})",
                    ylim=(-0.02, 1.02))
             ax.legend(fontsize=7)
     fig.tight_layout()
