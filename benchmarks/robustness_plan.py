@@ -140,12 +140,12 @@ def unit_cells(b: BenchConfig, unit: Unit, fps: dict) -> list[Cell]:
     unlearn = {"kind": "unlearn", "spec": unit.spec, "run": run_key(asdict(cfg)), "evaluator": fps["evaluator"]}
     a = attack_config(b, unit.seed)
     cells = [Cell(base, "unlearn", unlearn, unit)]
+    check_draw(replace(a, relearn_k=list(b.k)), unit.forget[0], cfg.model.n_classes)
     for k in b.k:
         budget = ({"steps": a.retain_steps, "batch": a.retain_batch} if k == 0 else {"steps": a.relearn_steps})
         moved = {"params": a.relearn_params} if a.relearn_params != "all" else {}  # "all": the keys of before
         started = {"start": a.relearn_start} if a.relearn_start != "model" else {}  # "model": the keys of before
         drawn = {"draw": a.relearn_draw} if a.relearn_draw is not None else {}  # the control: new cells
-        check_draw(replace(a, relearn_k=[k]), unit.forget[0], cfg.model.n_classes)
         attack = {"lrs": a.relearn_lr, "samples": a.relearn_samples, "threshold": a.threshold,
                   "auc_steps": a.auc_steps, "seed": a.seed, **budget, **moved, **started, **drawn}
         cells.append(Cell(base, "relearn", {"kind": "relearn", "k": k, "unlearn": unlearn, "attack": attack,

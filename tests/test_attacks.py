@@ -320,4 +320,3 @@ def test_relearn_draw_teaches_the_label_another_class_and_judges_that_class(tiny
     with pytest.raises(UsageError, match="k = 0"):
         check_draw(replace(a, relearn_k=[0, 10]), 2, 10)
     check_draw(replace(a, relearn_draw=None, relearn_k=[0]), 2, 10)  # the attack itself: any k
-

@@ -150,9 +150,10 @@ def check_draw(a: AttackConfig, target: int, n_classes: int) -> None:
 def run_relearn(models: dict, judges: Judges, cfg: RunConfig, a: AttackConfig, target: int, device) -> dict:
     """Every model at every (k, lr) of the grid, on the same images, latents and noise."""
     check_draw(a, target, cfg.model.n_classes)
+    drawn = target if a.relearn_draw is None else a.relearn_draw  # the class taught and judged
     out = {"settings": {"k": list(a.relearn_k), "max_steps": a.relearn_steps, "lr": list(a.relearn_lr),
                         "optimizer": "Adam", "params": a.relearn_params, "start": a.relearn_start,
-                        "draw": target if a.relearn_draw is None else a.relearn_draw,
+                        "draw": drawn,
                         "samples": a.relearn_samples, "threshold": a.threshold,
                         "auc_steps": a.auc_steps, "scored": "schedule",
                         "stops": "at the first scored step with P >= threshold (for the AUC, the last P is held)",
@@ -160,7 +161,6 @@ def run_relearn(models: dict, judges: Judges, cfg: RunConfig, a: AttackConfig, t
                                    "p_paper": "the paper protocol's classifier, on 8-bit samples"},
                         "k0": f"retained classes only: {a.retain_steps} steps of {a.retain_batch} images",
                         "best_lr": "secondary: the lr with the fewest steps"}, "models": {}}
-    drawn = target if a.relearn_draw is None else a.relearn_draw
     data = {k: target_images(cfg, drawn, k, a.seed) for k in a.relearn_k if k > 0}  # the same for every model
     if 0 in a.relearn_k:
         data[0] = load_mnist(True, cfg.data_dir, cfg.train.limit)
