@@ -51,7 +51,7 @@ NEUTRAL = {("sa", "sam_rho"): 0.0,  # SAM on the surrogate term (2026-12-06): 0 
            ("sa", "adversary_steps"): 2,  # the adversary method (2026-12-07): read by no other method
            ("sa", "adversary_lr"): 1e-2,
            ("sa", "adversary_weight"): 1.0,
-           ("sa", "adversary_margin"): 0.25}
+           ("sa", "adversary_margin"): 0.5}
 
 
 def run_key(run: dict) -> dict:

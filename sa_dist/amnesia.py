@@ -213,7 +213,8 @@ def _loop(net, opt, accelerator, batches, history: list, step: int, ckpt, object
             history.append(row)
             accelerator.log({f"sa/{k}": v for k, v in row.items() if k != "step"}, step=step)
             bar.set_postfix(surrogate=f"{row['surrogate_nelbo']:.1f}", replay=f"{row['replay_nelbo']:.1f}",
-                            **{names[2]: f"{row[names[2]]:.3g}"}, refresh=False)  # drawn at tqdm's rate
+                            **{names[2]: f"{row[names[2]]:.3g}"}, **{k: f"{v:.1f}" for k, v in more.items()},
+                            refresh=False)  # drawn at tqdm's rate
             bar.update(1)
             ckpt.after_step(step, lambda: {"history": history,
                                            **({"extra_term": extra_term.state()} if extra_term is not None else {})})
