@@ -47,7 +47,11 @@ PRESENTATION = ("figures",)  # run-config fields that only draw: left out of a c
 NEUTRAL = {("sa", "sam_rho"): 0.0,  # SAM on the surrogate term (2026-12-06): 0 is the paper's SA
            ("sa", "dampen_mode"): "shrink",  # dampen's reinit mode (2026-12-06): shrink is SSD's, as before
            ("sa", "dampen_unit"): "weight",  # dampen's unit selection (2026-12-06): single weights, as before
-           ("sa", "dampen_regulariser"): "ewc"}  # dampen's repair term (2026-12-07): the paper's EWC, as before
+           ("sa", "dampen_regulariser"): "ewc",  # dampen's repair term (2026-12-07): the paper's EWC, as before
+           ("sa", "adversary_steps"): 2,  # the adversary method (2026-12-07): read by no other method
+           ("sa", "adversary_lr"): 1e-2,
+           ("sa", "adversary_weight"): 1.0,
+           ("sa", "adversary_margin"): 0.5}
 
 
 def run_key(run: dict) -> dict:

@@ -79,8 +79,9 @@ def _data(frozen: CVAE, cfg: RunConfig, rank: int, world: int):
 
 
 def _steps(replay, surr, sa_epochs: int, ckpt):
-    """(iterator of every step's (replay, surrogate) batches, history, steps done). On a resume the shuffles are
-    replayed up to the saved step (nothing computed) and the saved state is loaded; a state is saved every SA epoch."""
+    """(iterator of every step's (replay, surrogate) batches, history, steps done, the saved meta). On a resume the
+    shuffles are replayed up to the saved step (nothing computed) and the saved state is loaded; a state is saved
+    every SA epoch."""
     meta = ckpt.load_meta() or {"step": 0, "history": []}
     ckpt.every = len(replay)
     batches = ((r, q) for _ in range(sa_epochs) for r, q in zip(replay, surr))
@@ -88,7 +89,7 @@ def _steps(replay, surr, sa_epochs: int, ckpt):
         next(batches)
     if meta["step"]:
         ckpt.restore()
-    return batches, meta["history"], meta["step"]
+    return batches, meta["history"], meta["step"], meta
 
 
 def _regulariser(kind: str, s, fisher: dict | None, names: list[str], theta_star: list, device) -> Regulariser:
@@ -104,7 +105,7 @@ def _regulariser(kind: str, s, fisher: dict | None, names: list[str], theta_star
 def selective_amnesia(model: CVAE, fisher: dict | None, accelerator, cfg: RunConfig, *,
                       log_dir: str | Path | None = None, checkpointer: Checkpointer | None = None,
                       surrogate_weight: float = 1.0, start: CVAE | None = None, anchor: CVAE | None = None,
-                      regulariser: str = "ewc"):
+                      regulariser: str = "ewc", extra_term=None):
     """Minimise the SA objective from theta* = ``model`` with the settings of ``cfg`` (``cfg.sa``: forget, lam,
     gamma, lr, batches, surrogate; the seed ``cfg.sa_seed``); return (unlearned plain model, history of float rows).
 
@@ -117,7 +118,10 @@ def selective_amnesia(model: CVAE, fisher: dict | None, accelerator, cfg: RunCon
     ``start``: begin the optimisation from these weights instead of theta*; ``anchor``: the point the EWC term
     pulls towards instead of theta* (the deeper methods: a dampened or noised copy). Replay always samples
     ``model``. ``regulariser``: the third term, ``ewc`` (the paper) or ``distance`` (the weight-distance push
-    away from the anchor, ``objective.distance_term``; ``fisher`` may then be None)."""
+    away from the anchor, ``objective.distance_term``; ``fisher`` may then be None). ``extra_term``: a fourth term
+    computed outside the model's forward (the ``adversary`` method's ``ConditionAdversary``): an object with
+    ``start(frozen, accelerator)``, ``term(model, step, surrogate) -> (row floats, gradients)``, ``state()`` and
+    ``load(state)``; its gradients join the step's backward and its state is saved and resumed with the loop's."""
     cfg = validate(cfg)
     s, seed = cfg.sa, cfg.sa_seed
     set_seed(seed)
@@ -138,9 +142,13 @@ def selective_amnesia(model: CVAE, fisher: dict | None, accelerator, cfg: RunCon
     if log_dir is not None:
         start_tracking(accelerator, log_dir, "sa", asdict(cfg))
     ckpt = checkpointer or Checkpointer(accelerator, None, "sa")
-    batches, history, step = _steps(replay, surr, s.sa_epochs, ckpt)
+    batches, history, step, meta = _steps(replay, surr, s.sa_epochs, ckpt)
+    if extra_term is not None:
+        extra_term.start(frozen, accelerator)
+        extra_term.load(meta.get("extra_term"))
     objective = dict(regulariser=reg, gamma=s.gamma, surrogate_weight=surrogate_weight)
-    _loop(net, opt, accelerator, batches, history, step, ckpt, objective, s.sa_epochs * len(replay), s.sam_rho)
+    _loop(net, opt, accelerator, batches, history, step, ckpt, objective, s.sa_epochs * len(replay), s.sam_rho,
+          extra_term)
     if log_dir is not None:
         stop_tracking(accelerator)
     ckpt.finish()
@@ -171,10 +179,11 @@ def sam_surrogate(net, accelerator, surrogate: tuple[torch.Tensor, torch.Tensor]
 
 
 def _loop(net, opt, accelerator, batches, history: list, step: int, ckpt, objective: dict, total: int,
-          sam_rho: float = 0.0) -> None:
+          sam_rho: float = 0.0, extra_term=None) -> None:
     """The SA steps: objective, a finite check of every term, the update, a float row per step (the third term
     under its regulariser's name). ``sam_rho`` > 0: the surrogate term's gradient is taken at SAM's ascent point
-    (``sam_surrogate``), the other terms' at theta."""
+    (``sam_surrogate``), the other terms' at theta. ``extra_term`` (see ``selective_amnesia``): its gradient is
+    added to the step's, its floats to the row (its weighted value into ``loss``)."""
     dev, rank = accelerator.device, accelerator.process_index
     names = (*TERMS[:2], objective["regulariser"].name, TERMS[3])
     bar = tqdm(total=total, initial=step, desc="selective amnesia", disable=not accelerator.is_local_main_process)
@@ -186,10 +195,17 @@ def _loop(net, opt, accelerator, batches, history: list, step: int, ckpt, object
             if sam_rho > 0:
                 surrogate, adv = sam_surrogate(net, accelerator, surrogate, sam_rho, objective["surrogate_weight"])
                 extra = injected(accelerator.unwrap_model(net).parameters(), adv)
+            more = {}
+            if extra_term is not None:
+                plain = accelerator.unwrap_model(net)
+                more, grads = extra_term.term(plain, step, surrogate)
+                extra = extra + injected(plain.parameters(), grads)
             terms = regularised_objective(net, surrogate, (xr.to(dev), cr.to(dev)), **objective)
             row = {"step": step, **dict(zip(names, (t.item() for t in terms)))}
+            row["loss"] += more.pop("weighted", 0.0)
+            row.update(more)
             row["surrogate_nelbo"] = inject("sa", step, rank, row["surrogate_nelbo"])
-            for term in names:
+            for term in (*names, *more):
                 check_finite(row[term], step, f"SA {term}", ckpt)
             opt.zero_grad(set_to_none=True)
             accelerator.backward(terms.total + extra)
@@ -197,6 +213,8 @@ def _loop(net, opt, accelerator, batches, history: list, step: int, ckpt, object
             history.append(row)
             accelerator.log({f"sa/{k}": v for k, v in row.items() if k != "step"}, step=step)
             bar.set_postfix(surrogate=f"{row['surrogate_nelbo']:.1f}", replay=f"{row['replay_nelbo']:.1f}",
-                            **{names[2]: f"{row[names[2]]:.3g}"}, refresh=False)  # drawn at tqdm's rate
+                            **{names[2]: f"{row[names[2]]:.3g}"}, **{k: f"{v:.1f}" for k, v in more.items()},
+                            refresh=False)  # drawn at tqdm's rate
             bar.update(1)
-            ckpt.after_step(step, lambda: {"history": history})
+            ckpt.after_step(step, lambda: {"history": history,
+                                           **({"extra_term": extra_term.state()} if extra_term is not None else {})})

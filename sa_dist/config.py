@@ -72,6 +72,10 @@ class SAConfig:
     distill_every: int = arg(100, "distill: student steps between checks of the retained bar")  # a check costs about one step: ~1% of the run
     distill_holdout: int = arg(1000, "distill: held-out teacher samples of the retained labels for the bar")  # paired, so its noise is well under the bar
     distill_bar: float = arg(0.02, "distill: stop once the student's held-out nELBO is within this fraction of the teacher's")  # SA's own retained bar (SA_LR)
+    adversary_steps: int = arg(2, "adversary: Adam steps of the attacker's condition per SA step")  # kept across steps, so a few per step follow it
+    adversary_lr: float = arg(1e-2, "adversary: Adam learning rate of the attacker's condition")  # the relearning grid's top lr
+    adversary_weight: float = arg(1.0, "adversary: β, weight of the capped ascent on the class's nELBO at the attacker's condition")  # the surrogate term's own weight
+    adversary_margin: float = arg(0.5, "adversary: the ascent stops once that nELBO is (1 + margin) x θ*'s own at the label")  # conv, forget 2, seed 0: retraining's best condition models θ*'s 2s at 1.32x θ*'s own (docs/robustness.md)
 
 
 @dataclass
@@ -211,15 +215,17 @@ def validate(cfg: RunConfig) -> RunConfig:
 def _check_method_fields(s: SAConfig) -> None:
     """The fields of the methods beside SA (dampen, noise, distance, distill) and lam, gamma."""
     for name, v in (("--distill-steps", s.distill_steps), ("--distill-batch", s.distill_batch),
-                    ("--distill-every", s.distill_every), ("--distill-holdout", s.distill_holdout)):
+                    ("--distill-every", s.distill_every), ("--distill-holdout", s.distill_holdout),
+                    ("--adversary-steps", s.adversary_steps)):
         _positive(name, v)
     for name, v in (("--dampen-alpha", s.dampen_alpha), ("--distance-target", s.distance_target),
-                    ("--distill-lr", s.distill_lr)):
+                    ("--distill-lr", s.distill_lr), ("--adversary-lr", s.adversary_lr)):
         _positive(name, v, integer=False)
     for name, v in (("--lam", s.lam), ("--gamma", s.gamma), ("--noise", s.noise),
                     ("--distance-alpha", s.distance_alpha), ("--distance-noise", s.distance_noise),
                     ("--distill-beta", s.distill_beta), ("--distill-match", s.distill_match),
-                    ("--distill-bar", s.distill_bar), ("--sam-rho", s.sam_rho)):
+                    ("--distill-bar", s.distill_bar), ("--sam-rho", s.sam_rho),
+                    ("--adversary-weight", s.adversary_weight), ("--adversary-margin", s.adversary_margin)):
         if not (math.isfinite(v) and v >= 0):
             raise UsageError(f"{name} must be a finite number >= 0, got {v}")
     if not (0 <= s.distill_alpha <= 1):

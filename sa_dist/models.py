@@ -154,6 +154,12 @@ def default_init_draw(weight: torch.Tensor, shape, generator: torch.Generator,
     return (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
 
 
+def label_mean_slices(model: CVAE, donors) -> list[torch.Tensor]:
+    """For every weight that reads the one-hot label (``CVAE.label_inputs``, in its order), the mean of the
+    ``donors``' slices: the condition of "the average of these labels" (the label-mean attacker's start)."""
+    return [torch.stack([w.narrow(dim, start + d, 1) for d in donors]).mean(0) for w, dim, start in model.label_inputs()]
+
+
 def plain_copy(model: CVAE) -> CVAE:
     """A fresh, unwrapped cVAE (plain BatchNorm, float32, eval mode) holding ``model``'s weights and buffers."""
     fresh = build_model(model.cfg)

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..evaluation.paper import log_probs, uint8_round_trip
-from ..models import CVAE, negative_elbo
+from ..models import CVAE, label_mean_slices, negative_elbo
 from .compare import curve_auc
 
 
@@ -145,8 +145,7 @@ def mean_label_inputs(net: CVAE, target: int, donors) -> None:
     if not donors or target in donors:
         raise ValueError(f"mean_label_inputs needs donor labels other than the target {target}, "
                          f"got {list(donors)}")
-    for w, dim, start in net.label_inputs():
-        mean = torch.stack([w.narrow(dim, start + d, 1) for d in donors]).mean(0)
+    for (w, dim, start), mean in zip(net.label_inputs(), label_mean_slices(net, donors)):
         w.narrow(dim, start + target, 1).copy_(mean)
 
 
