@@ -120,7 +120,7 @@ def selective_amnesia(model: CVAE, fisher: dict | None, accelerator, cfg: RunCon
     ``model``. ``regulariser``: the third term, ``ewc`` (the paper) or ``distance`` (the weight-distance push
     away from the anchor, ``objective.distance_term``; ``fisher`` may then be None). ``extra_term``: a fourth term
     computed outside the model's forward (the ``adversary`` method's ``ConditionAdversary``): an object with
-    ``start(frozen, accelerator)``, ``term(model, step, surrogate) -> (row floats, gradients)``, ``state()`` and
+    ``start(frozen, accelerator)``, ``term(model, step) -> (row floats, gradients)``, ``state()`` and
     ``load(state)``; its gradients join the step's backward and its state is saved and resumed with the loop's."""
     cfg = validate(cfg)
     s, seed = cfg.sa, cfg.sa_seed
@@ -198,7 +198,7 @@ def _loop(net, opt, accelerator, batches, history: list, step: int, ckpt, object
             more = {}
             if extra_term is not None:
                 plain = accelerator.unwrap_model(net)
-                more, grads = extra_term.term(plain, step, surrogate)
+                more, grads = extra_term.term(plain, step)
                 extra = extra + injected(plain.parameters(), grads)
             terms = regularised_objective(net, surrogate, (xr.to(dev), cr.to(dev)), **objective)
             row = {"step": step, **dict(zip(names, (t.item() for t in terms)))}

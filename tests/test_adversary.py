@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from conftest import ROOT, sa_config, torchrun
+from conftest import ROOT, load_benchmark, sa_config, torchrun
 from sa_dist.amnesia import selective_amnesia
 from sa_dist.methods.adversary import ConditionAdversary
 from sa_dist.models import ModelConfig, build_model, negative_elbo, plain_copy
@@ -159,3 +159,16 @@ def test_sa_with_the_adversary_resumed_after_sigint_is_bit_identical(tiny_baseli
     got, hist = run(tmp_path / "st")
     assert all(torch.equal(a, b) for a, b in zip(want.parameters(), got.parameters()))
     assert [h["adversary_fit"] for h in hist] == [h["adversary_fit"] for h in want_hist]
+
+
+def test_condition_fit_reports_each_models_best_condition_and_bad_files_are_one_line(tiny_baseline, tmp_path,
+                                                                                     capsys):
+    """benchmarks/condition_fit.py: θ* against itself, a tiny budget; a missing file is one line, no traceback."""
+    _, path = tiny_baseline
+    load_benchmark("condition_fit").main([str(path), str(path), "--steps", "4"])
+    out = json.loads(capsys.readouterr().out)
+    fit = out["models"][str(path)]
+    assert len(fit["fit_windows"]) == 4 and fit["fit_end"] > 0 and fit["moved_rms"] > 0
+    assert out["own_at_label"] > 0
+    with pytest.raises(SystemExit, match="condition_fit.py: error: .*does not exist"):
+        load_benchmark("condition_fit").main([str(path), str(tmp_path / "nothing.safetensors"), "--steps", "1"])

@@ -94,10 +94,10 @@ class ConditionAdversary:
         self._last = (x, c)
         return self.accelerator.reduce(loss.detach(), reduction="mean").item()
 
-    def term(self, model: CVAE, step: int, surrogate=None):
+    def term(self, model: CVAE, step: int):
         """(row floats, gradients of the capped ascent at the adversary's condition, averaged over processes):
         -β · min(nELBO, cap) of this step's θ* samples at the slices just fitted (held fixed), fresh noise, with
-        cap = (1 + margin) · θ*'s own nELBO of its samples at their label. ``surrogate`` is not used."""
+        cap = (1 + margin) · θ*'s own nELBO of its samples at their label."""
         gen = self._generator(step)
         fit = self.fit(model, gen)
         x, c = self._last
