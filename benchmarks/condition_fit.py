@@ -20,7 +20,6 @@ import torch
 
 from sa_dist.checkpoint import load_checkpoint
 from sa_dist.methods.adversary import ConditionAdversary
-from sa_dist.models import negative_elbo
 from sa_dist.runtime import make_accelerator
 from sa_dist.utils import UserError
 
@@ -29,7 +28,10 @@ def condition_fit(theta_star, model, forget: list[int], steps: int, lr: float, s
     """The adversary's negative ELBO of θ*'s samples over ``steps`` (eight window means) and where it ended."""
     adv = ConditionAdversary(forget, steps=1, lr=lr, weight=0.0, margin=0.0, batch=128, seed=seed)
     adv.start(theta_star, accelerator)
-    fits = [adv.fit(model, adv._generator(s)) for s in range(steps)]
+    fits = []
+    for s in range(steps):
+        gen = adv.generator(s)
+        fits.append(adv.fit(model, *adv.targets(gen), gen))
     w = max(1, steps // 8)
     windows = [sum(fits[i:i + w]) / len(fits[i:i + w]) for i in range(0, steps, w)]
     return {"fit_windows": [round(v, 2) for v in windows], "fit_end": round(windows[-1], 2),
@@ -54,9 +56,8 @@ def main(argv=None) -> None:
         theta = load_checkpoint(a.theta_star)[0].requires_grad_(False)
         probe = ConditionAdversary(a.forget, steps=1, lr=a.lr, weight=0.0, margin=0.0, batch=1000, seed=a.seed)
         probe.start(theta, acc)
-        gen = probe._generator(-1)
-        x, c = probe._targets(gen)
-        own = negative_elbo(theta, x, c, probe._noise(len(x), gen)).mean().item()
+        gen = probe.generator(-1)
+        own = probe.own_nelbo(*probe.targets(gen), gen)
         out = {"own_at_label": round(own, 2), "steps": a.steps, "lr": a.lr, "forget": a.forget, "models": {}}
         for path in a.models:
             model = load_checkpoint(path)[0].requires_grad_(False)

@@ -52,10 +52,10 @@ def test_fit_moves_the_slices_towards_the_forgotten_class(tiny_baseline, acceler
     adv = _adversary(model, accelerator, steps=25, lr=5e-2)
     start = [s.detach().clone() for s in adv.slices]
     gen = torch.Generator().manual_seed(3)
-    x, c = adv._targets(torch.Generator().manual_seed(4))
+    x, c = adv.targets(torch.Generator().manual_seed(4))
     z = torch.zeros(len(x), model.z_dim)
     before = negative_elbo(adv._at(model, adv.slices), x, c, z).mean().item()
-    adv.fit(model, gen)
+    adv.fit(model, *adv.targets(gen), gen)
     after = negative_elbo(adv._at(model, adv.slices), x, c, z).mean().item()
     assert after < before  # a better condition for θ*'s own 2s than the retained labels' mean
     assert all(not torch.equal(a, b) for a, b in zip(start, adv.slices))
@@ -68,8 +68,8 @@ def test_the_term_is_the_capped_ascent_on_thetas_samples_at_the_adversarys_condi
     adv = _adversary(model, accelerator)
     row, grads = adv.term(net, 7)
     ref = _with_columns(model, [2], adv.slices).requires_grad_(True)  # the slices after this step's fit
-    gen = adv._generator(7)
-    x, c = adv._targets(gen)  # replay the stream: the targets, the fit's noise, θ*'s own fit, the term's noise
+    gen = adv.generator(7)
+    x, c = adv.targets(gen)  # replay the stream: the targets, the fit's noise, θ*'s own fit, the term's noise
     for _ in range(adv.steps):
         torch.randn(len(x), model.z_dim, generator=gen)
     own = negative_elbo(model, x, c, torch.randn(len(x), model.z_dim, generator=gen)).mean().item()
@@ -94,12 +94,15 @@ def test_a_saved_state_resumes_the_adversary_exactly(tiny_baseline, accelerator)
     model, _ = tiny_baseline
     a = _adversary(model, accelerator)
     for step in (1, 2):
-        a.fit(model, a._generator(step))
+        gen = a.generator(step)
+        a.fit(model, *a.targets(gen), gen)
     saved = json.loads(json.dumps(a.state()))  # as the checkpoint's meta.json holds it
-    a.fit(model, a._generator(3))
+    gen = a.generator(3)
+    a.fit(model, *a.targets(gen), gen)
     b = _adversary(model, accelerator)
     b.load(saved)
-    b.fit(model, b._generator(3))
+    gen = b.generator(3)
+    b.fit(model, *b.targets(gen), gen)
     assert all(torch.allclose(x, y, atol=1e-7) for x, y in zip(a.slices, b.slices))
 
 

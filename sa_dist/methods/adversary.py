@@ -68,7 +68,7 @@ class ConditionAdversary:
         swapped = self._swapped(model, slices)
         return lambda x, c, eps=None: functional_call(model, swapped, (x, c, eps))
 
-    def _generator(self, step: int) -> torch.Generator:
+    def generator(self, step: int) -> torch.Generator:
         """The adversary's own random stream for ``step`` on this process: seeded by step and rank, so a resumed
         run draws the same and SA's own draws are untouched (β = 0 is SA exactly)."""
         return torch.Generator().manual_seed((self.seed * 7919 + step) * 64 + self.accelerator.process_index)
@@ -76,43 +76,45 @@ class ConditionAdversary:
     def _noise(self, n: int, gen: torch.Generator) -> torch.Tensor:
         return torch.randn(n, self.frozen.z_dim, generator=gen).to(self.accelerator.device)  # (n, z)
 
-    def _targets(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def targets(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """This process's share of a batch of θ*'s own samples of the forgotten labels."""
         n = max(1, self.batch // self.accelerator.num_processes)
         c = torch.tensor(self.forget)[torch.randint(len(self.forget), (n,), generator=gen)]  # (n,)
         return self.frozen.sample(n, c, generator=gen), c.to(self.accelerator.device)
 
-    def fit(self, model: CVAE, gen: torch.Generator) -> float:
-        """``steps`` Adam steps of the slices on θ*'s samples, the model's weights fixed; the last loss."""
-        x, c = self._targets(gen)
+    @torch.no_grad()
+    def own_nelbo(self, x: torch.Tensor, c: torch.Tensor, gen: torch.Generator) -> float:
+        """θ*'s own negative ELBO of its samples ``x`` at their labels ``c``, averaged over processes."""
+        own = negative_elbo(self.frozen, x, c, self._noise(len(x), gen)).mean()
+        return self.accelerator.reduce(own, reduction="mean").item()
+
+    def fit(self, model: CVAE, x: torch.Tensor, c: torch.Tensor, gen: torch.Generator) -> float:
+        """``steps`` Adam steps of the slices on θ*'s samples ``(x, c)``, the model's weights fixed; the last
+        loss."""
         for _ in range(self.steps):
             loss = negative_elbo(self._at(model, self.slices), x, c, self._noise(len(x), gen)).mean()  # (,)
             grads = torch.autograd.grad(loss, self.slices)
             for s, g in zip(self.slices, grads):
                 s.grad = self.accelerator.reduce(g.detach(), reduction="mean")
             self.opt.step()
-        self._last = (x, c)
         return self.accelerator.reduce(loss.detach(), reduction="mean").item()
 
     def term(self, model: CVAE, step: int):
-        """(row floats, gradients of the capped ascent at the adversary's condition, averaged over processes):
+        """(row floats, this process's gradients of the capped ascent at the adversary's condition):
         -β · min(nELBO, cap) of this step's θ* samples at the slices just fitted (held fixed), fresh noise, with
-        cap = (1 + margin) · θ*'s own nELBO of its samples at their label."""
-        gen = self._generator(step)
-        fit = self.fit(model, gen)
-        x, c = self._last
+        cap = (1 + margin) · θ*'s own nELBO of its samples at their label. The gradients join the step's backward
+        (``objective.injected``), where DDP averages them over processes like the other terms'."""
+        gen = self.generator(step)
+        x, c = self.targets(gen)
+        fit = self.fit(model, x, c, gen)
         if self.cap is None:
-            with torch.no_grad():
-                own = negative_elbo(self.frozen, x, c, self._noise(len(x), gen)).mean()
-            self.cap = (1 + self.margin) * self.accelerator.reduce(own, reduction="mean").item()
+            self.cap = (1 + self.margin) * self.own_nelbo(x, c, gen)
         params = list(model.parameters())
         nelbo = negative_elbo(self._at(model, [s.detach() for s in self.slices]), x, c, self._noise(len(x), gen))
         value = -nelbo.mean().clamp(max=self.cap)  # (,): no push once the class is that hard to model there
         grads = torch.autograd.grad(self.weight * value, params, materialize_grads=True)
-        flat = self.accelerator.reduce(torch.cat([g.flatten() for g in grads]), reduction="mean")  # (N,)
         value = self.accelerator.reduce(value.detach(), reduction="mean").item()
-        row = {"adversary_fit": fit, "adversary_ascent": -value, "weighted": self.weight * value}
-        return row, [g.view_as(p) for g, p in zip(flat.split([p.numel() for p in params]), params)]
+        return {"adversary_fit": fit, "adversary_ascent": -value, "weighted": self.weight * value}, list(grads)
 
     def moved(self) -> float:
         """RMS of how far the slices moved from the retained labels' mean, over all of them together."""
