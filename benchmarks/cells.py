@@ -51,7 +51,14 @@ NEUTRAL = {("sa", "sam_rho"): 0.0,  # SAM on the surrogate term (2026-12-06): 0 
            ("sa", "adversary_steps"): 2,  # the adversary method (2026-12-07): read by no other method
            ("sa", "adversary_lr"): 1e-2,
            ("sa", "adversary_weight"): 1.0,
-           ("sa", "adversary_margin"): 0.5}
+           ("sa", "adversary_margin"): 0.5,
+           ("sa", "tar_steps"): 16,  # the tar method (2026-12-07, fifth session): read by no other method
+           ("sa", "tar_lr"): 1e-3,
+           ("sa", "tar_k"): 32,
+           ("sa", "tar_every"): 4,
+           ("sa", "tar_weight"): 1.0,
+           ("sa", "tar_margin"): 0.4,
+           ("sa", "tar_start"): "both"}
 
 
 def run_key(run: dict) -> dict:

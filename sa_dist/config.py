@@ -20,6 +20,7 @@ DAMPEN_MODES = ("shrink", "reinit")  # dampen: the selected weights shrunk (SSD)
 DAMPEN_UNITS = ("weight", "unit")  # dampen: select single weights (SSD) or whole output units by their summed Fisher
 REGULARISERS = ("ewc", "distance")  # the SA objective's third term: the paper's EWC, or the weight-distance push
 NOISE_ANCHORS = ("noisy", "theta_star", "none")  # noise: EWC anchored at the noised weights, at θ*, or no EWC
+TAR_STARTS = ("label-mean", "model", "both")  # tar: the simulated attacker starts like --relearn-start label-mean, from the model, or each in turn
 PROTOCOLS = ("default", "paper")
 SA_LR = {"conv": 1e-3, "linear": 5e-4}  # measured: the fastest that keep retained test nELBO within 2%
 
@@ -76,6 +77,13 @@ class SAConfig:
     adversary_lr: float = arg(1e-2, "adversary: Adam learning rate of the attacker's condition")  # the relearning grid's top lr
     adversary_weight: float = arg(1.0, "adversary: β, weight of the capped ascent on the class's nELBO at the attacker's condition")  # the surrogate term's own weight
     adversary_margin: float = arg(0.5, "adversary: the ascent stops once that nELBO is (1 + margin) x θ*'s own at the label")  # conv, forget 2, seed 0: retraining's best condition models θ*'s 2s at 1.32x θ*'s own (docs/robustness.md)
+    tar_steps: int = arg(16, "tar: Adam steps of each simulated relearning attack")  # conv forget 2: after 16, retraining models θ*'s 2s at 1.41x θ*'s own, SA at 1.28x (4: both above 1.45x)
+    tar_every: int = arg(4, "tar: SA steps per simulated attack (1: an attack every step)")  # keeps 16 attack steps within the 25% cost bar on 2 CPU cores
+    tar_lr: float = arg(1e-3, "tar: Adam learning rate of the simulated attack")  # the middle of the relearning grid (1e-4 to 1e-2)
+    tar_k: int = arg(32, "tar: θ* samples of the forgotten class the simulated attacker fine-tunes on")  # between the benchmark's k = 10 and 100
+    tar_weight: float = arg(1.0, "tar: β, weight of the capped ascent on the class's nELBO after the simulated attack")  # the surrogate term's own weight
+    tar_margin: float = arg(0.4, "tar: the ascent stops once that nELBO is (1 + margin) x θ*'s own at the label")  # conv forget 2: retraining's after the 16-step attack (1.41x)
+    tar_start: str = arg("both", "tar: the simulated attacker starts from the model (model), with the forgotten labels' input weights at the retained mean (label-mean), or each in turn (both)")  # the benchmark's two attackers (--relearn-start)
 
 
 @dataclass
@@ -216,16 +224,19 @@ def _check_method_fields(s: SAConfig) -> None:
     """The fields of the methods beside SA (dampen, noise, distance, distill) and lam, gamma."""
     for name, v in (("--distill-steps", s.distill_steps), ("--distill-batch", s.distill_batch),
                     ("--distill-every", s.distill_every), ("--distill-holdout", s.distill_holdout),
-                    ("--adversary-steps", s.adversary_steps)):
+                    ("--adversary-steps", s.adversary_steps), ("--tar-steps", s.tar_steps), ("--tar-k", s.tar_k),
+                    ("--tar-every", s.tar_every)):
         _positive(name, v)
     for name, v in (("--dampen-alpha", s.dampen_alpha), ("--distance-target", s.distance_target),
-                    ("--distill-lr", s.distill_lr), ("--adversary-lr", s.adversary_lr)):
+                    ("--distill-lr", s.distill_lr), ("--adversary-lr", s.adversary_lr),
+                    ("--tar-lr", s.tar_lr)):
         _positive(name, v, integer=False)
     for name, v in (("--lam", s.lam), ("--gamma", s.gamma), ("--noise", s.noise),
                     ("--distance-alpha", s.distance_alpha), ("--distance-noise", s.distance_noise),
                     ("--distill-beta", s.distill_beta), ("--distill-match", s.distill_match),
                     ("--distill-bar", s.distill_bar), ("--sam-rho", s.sam_rho),
-                    ("--adversary-weight", s.adversary_weight), ("--adversary-margin", s.adversary_margin)):
+                    ("--adversary-weight", s.adversary_weight), ("--adversary-margin", s.adversary_margin),
+                    ("--tar-weight", s.tar_weight), ("--tar-margin", s.tar_margin)):
         if not (math.isfinite(v) and v >= 0):
             raise UsageError(f"{name} must be a finite number >= 0, got {v}")
     if not (0 <= s.distill_alpha <= 1):
@@ -236,6 +247,8 @@ def _check_method_fields(s: SAConfig) -> None:
         raise UsageError(f"--dampen-unit must be one of {', '.join(DAMPEN_UNITS)}, got {s.dampen_unit!r}")
     if s.dampen_regulariser not in REGULARISERS:
         raise UsageError(f"--dampen-regulariser must be one of {', '.join(REGULARISERS)}, got {s.dampen_regulariser!r}")
+    if s.tar_start not in TAR_STARTS:
+        raise UsageError(f"--tar-start must be one of {', '.join(TAR_STARTS)}, got {s.tar_start!r}")
     if s.noise_anchor not in NOISE_ANCHORS:
         raise UsageError(f"--noise-anchor must be one of {', '.join(NOISE_ANCHORS)}, got {s.noise_anchor!r}")
 

@@ -35,21 +35,59 @@ NEEDS_FISHER = True
 MARKER = "X"
 
 
-class ConditionAdversary:
+class ClassTargets:
+    """What an attacker-simulating ``extra_term`` draws each SA step: θ*'s own samples of the forgotten labels from
+    its own random stream, and the cap of a capped ascent on their nELBO, (1 + margin) × θ*'s own. Shared by
+    ``adversary`` and ``tar``."""
+
+    def __init__(self, forget: list[int], *, weight: float, margin: float, batch: int, seed: int):
+        self.forget, self.weight, self.batch, self.seed = forget, weight, batch, seed
+        self.margin, self.cap = margin, None  # the cap is set at the first step, from θ*'s own fit
+
+    def start(self, frozen: CVAE, accelerator) -> None:
+        self.frozen, self.accelerator = frozen, accelerator
+        self.retained = [c for c in range(frozen.n_classes) if c not in self.forget]
+
+    def generator(self, step: int) -> torch.Generator:
+        """The term's own random stream for ``step`` on this process: seeded by step and rank, so a resumed
+        run draws the same and SA's own draws are untouched (β = 0 is SA exactly)."""
+        return torch.Generator().manual_seed((self.seed * 7919 + step) * 64 + self.accelerator.process_index)
+
+    def _noise(self, n: int, gen: torch.Generator) -> torch.Tensor:
+        return torch.randn(n, self.frozen.z_dim, generator=gen).to(self.accelerator.device)  # (n, z)
+
+    def targets(self, gen: torch.Generator, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's share of ``batch`` (default ``self.batch``) of θ*'s own samples of the forgotten labels."""
+        n = max(1, (batch or self.batch) // self.accelerator.num_processes)
+        c = torch.tensor(self.forget)[torch.randint(len(self.forget), (n,), generator=gen)]  # (n,)
+        return self.frozen.sample(n, c, generator=gen), c.to(self.accelerator.device)
+
+    @torch.no_grad()
+    def own_nelbo(self, x: torch.Tensor, c: torch.Tensor, gen: torch.Generator) -> float:
+        """θ*'s own negative ELBO of its samples ``x`` at their labels ``c``, averaged over processes."""
+        own = negative_elbo(self.frozen, x, c, self._noise(len(x), gen)).mean()
+        return self.accelerator.reduce(own, reduction="mean").item()
+
+    def set_cap(self, x: torch.Tensor, c: torch.Tensor, gen: torch.Generator) -> None:
+        """At the first step: cap = (1 + margin) · θ*'s own nELBO of ``(x, c)``."""
+        if self.cap is None:
+            self.cap = (1 + self.margin) * self.own_nelbo(x, c, gen)
+
+
+class ConditionAdversary(ClassTargets):
     """The attacker's condition for the forgotten labels, kept across SA steps (``selective_amnesia``'s
     ``extra_term``): ``term`` moves it, then returns the capped ascent at it and that term's gradients."""
 
     def __init__(self, forget: list[int], *, steps: int, lr: float, weight: float, margin: float, batch: int,
                  seed: int):
-        self.forget, self.steps, self.lr, self.weight, self.batch, self.seed = forget, steps, lr, weight, batch, seed
-        self.margin, self.cap = margin, None  # the cap is set at the first step, from θ*'s own fit
+        super().__init__(forget, weight=weight, margin=margin, batch=batch, seed=seed)
+        self.steps, self.lr = steps, lr
 
     def start(self, frozen: CVAE, accelerator) -> None:
         """Slices at the retained labels' mean of θ* = ``frozen`` (one per forgotten label, in ``forget`` order)."""
-        self.frozen, self.accelerator = frozen, accelerator
+        super().start(frozen, accelerator)
         names = {id(p): n for n, p in frozen.named_parameters()}
-        retained = [c for c in range(frozen.n_classes) if c not in self.forget]
-        means = label_mean_slices(frozen, retained)  # per label input: (.., 1, ..) along its dim
+        means = label_mean_slices(frozen, self.retained)  # per label input: (.., 1, ..) along its dim
         self.slots = [(names[id(w)], dim, torch.tensor([start + c for c in self.forget], device=w.device))
                       for w, dim, start in frozen.label_inputs()]
         self.slices = [m.repeat_interleave(len(self.forget), dim).detach().requires_grad_(True)
@@ -67,26 +105,6 @@ class ConditionAdversary:
         """``model``'s forward with the forgotten slices replaced by ``slices``."""
         swapped = self._swapped(model, slices)
         return lambda x, c, eps=None: functional_call(model, swapped, (x, c, eps))
-
-    def generator(self, step: int) -> torch.Generator:
-        """The adversary's own random stream for ``step`` on this process: seeded by step and rank, so a resumed
-        run draws the same and SA's own draws are untouched (β = 0 is SA exactly)."""
-        return torch.Generator().manual_seed((self.seed * 7919 + step) * 64 + self.accelerator.process_index)
-
-    def _noise(self, n: int, gen: torch.Generator) -> torch.Tensor:
-        return torch.randn(n, self.frozen.z_dim, generator=gen).to(self.accelerator.device)  # (n, z)
-
-    def targets(self, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """This process's share of a batch of θ*'s own samples of the forgotten labels."""
-        n = max(1, self.batch // self.accelerator.num_processes)
-        c = torch.tensor(self.forget)[torch.randint(len(self.forget), (n,), generator=gen)]  # (n,)
-        return self.frozen.sample(n, c, generator=gen), c.to(self.accelerator.device)
-
-    @torch.no_grad()
-    def own_nelbo(self, x: torch.Tensor, c: torch.Tensor, gen: torch.Generator) -> float:
-        """θ*'s own negative ELBO of its samples ``x`` at their labels ``c``, averaged over processes."""
-        own = negative_elbo(self.frozen, x, c, self._noise(len(x), gen)).mean()
-        return self.accelerator.reduce(own, reduction="mean").item()
 
     def fit(self, model: CVAE, x: torch.Tensor, c: torch.Tensor, gen: torch.Generator) -> float:
         """``steps`` Adam steps of the slices on θ*'s samples ``(x, c)``, the model's weights fixed; the last
@@ -107,8 +125,7 @@ class ConditionAdversary:
         gen = self.generator(step)
         x, c = self.targets(gen)
         fit = self.fit(model, x, c, gen)
-        if self.cap is None:
-            self.cap = (1 + self.margin) * self.own_nelbo(x, c, gen)
+        self.set_cap(x, c, gen)
         params = list(model.parameters())
         nelbo = negative_elbo(self._at(model, [s.detach() for s in self.slices]), x, c, self._noise(len(x), gen))
         value = -nelbo.mean().clamp(max=self.cap)  # (,): no push once the class is that hard to model there
