@@ -131,15 +131,17 @@ def test_bad_adversary_settings_are_one_line_usage_errors(values, match):
 
 
 @pytest.mark.slow
-def test_two_ranks_run_the_adversary_and_record_it(tmp_path):
-    """torchrun, 2 gloo ranks: the adversary's condition and term are averaged inside the DDP step."""
-    r = torchrun(ROOT / "scripts" / "unlearn.py", *TINY, "--sa_epochs", "2", "--seed", "3", "--method", "adversary",
+@pytest.mark.parametrize("method, steps, column", [("adversary", 2, "adversary_fit"), ("tar", 16, "tar_fit")])
+def test_two_ranks_run_the_attacker_methods_and_record_them(tmp_path, method, steps, column):
+    """torchrun, 2 gloo ranks: the adversary's condition (``adversary``) or the simulated attack (``tar``) and the
+    term run on each rank's share, averaged inside the DDP step."""
+    r = torchrun(ROOT / "scripts" / "unlearn.py", *TINY, "--sa_epochs", "2", "--seed", "3", "--method", method,
                  "--run-dir", tmp_path / "r", timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "r" / "results.json").read_text())
-    assert res["config"]["sa"]["method"] == "adversary" and res["method_info"]["steps"] == 2
+    assert res["config"]["sa"]["method"] == method and res["method_info"]["steps"] == steps
     rows = res["sa_history"]["rows"]
-    assert rows[-1]["step"] == 8 and all(torch.isfinite(torch.tensor(row["adversary_fit"])) for row in rows)
+    assert rows[-1]["step"] == 8 and all(torch.isfinite(torch.tensor(row[column])) for row in rows)
 
 
 def test_sa_with_the_adversary_resumed_after_sigint_is_bit_identical(tiny_baseline, tmp_path, monkeypatch):

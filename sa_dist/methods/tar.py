@@ -67,8 +67,9 @@ class RelearnAdversary(ClassTargets):
 
     @torch.no_grad()
     def _reset(self, model: CVAE, start: str) -> None:
-        """θ' = ``model``'s weights; with start label-mean, the forgotten labels' slices at the retained mean."""
-        for p, q in zip(self.scratch.parameters(), model.parameters()):
+        """θ' = ``model``'s weights and buffers; with start label-mean, the forgotten labels' slices at the retained
+        mean."""
+        for p, q in zip((*self.scratch.parameters(), *self.scratch.buffers()), (*model.parameters(), *model.buffers())):
             p.copy_(q)
         if start == "label-mean":
             params = list(self.scratch.parameters())
