@@ -5,11 +5,8 @@ import pytest
 import torch
 
 from conftest import load_benchmark, sa_config
-from sa_dist.amnesia import selective_amnesia
 from sa_dist.methods.tar import RelearnAdversary
 from sa_dist.models import negative_elbo, plain_copy
-from sa_dist.resume import Checkpointer, Interrupted
-from sa_dist.runtime import make_accelerator
 from sa_dist.utils import UsageError
 
 KW = dict(steps=3, lr=1e-2, k=6, every=1, weight=1.5, margin=0.5, start="label-mean", batch=8, seed=0)
@@ -96,43 +93,6 @@ def test_attacks_come_every_few_steps_and_both_takes_each_start_in_turn(tiny_bas
     assert again == first and all(not g.any() for g in g2) and any(g.any() for g in g1)
     fresh, _ = adv.term(net, 4)
     assert fresh["tar_fit"] != first["tar_fit"]
-
-
-def test_sa_with_tar_logs_it_and_weight_zero_is_sa_exactly(tiny_baseline, accelerator):
-    model, _ = tiny_baseline
-    ones = {n: torch.ones_like(p) for n, p in model.named_parameters()}
-    cfg = sa_config(**{"sa.sa_epochs": 1, "sa.n_replay": 512})
-    plain, _ = selective_amnesia(model, ones, accelerator, cfg)
-    off, _ = selective_amnesia(model, ones, accelerator, cfg, extra_term=_tar(model, accelerator, weight=0.0))
-    on, hist = selective_amnesia(model, ones, accelerator, cfg, extra_term=_tar(model, accelerator))
-    assert all(torch.equal(a, b) for a, b in zip(plain.parameters(), off.parameters()))
-    assert not all(torch.allclose(a, b) for a, b in zip(plain.parameters(), on.parameters()))
-    row = hist[-1]
-    assert {"tar_fit", "tar_after"} <= set(row) and "weighted" not in row
-    assert row["loss"] == pytest.approx(row["surrogate_nelbo"] + row["replay_nelbo"] + row["ewc"]
-                                        - 1.5 * row["tar_after"], rel=1e-5)
-
-
-def test_sa_with_tar_resumed_after_sigint_is_bit_identical(tiny_baseline, tmp_path, monkeypatch):
-    """The cap and the last attack's row go into the SA state: a resumed run takes the same steps and rows."""
-    model, _ = tiny_baseline
-    ones = {n: torch.ones_like(p) for n, p in model.named_parameters()}
-    cfg = sa_config(**{"sa.sa_epochs": 2, "sa.n_replay": 512})
-
-    def run(state=None):
-        accelerator = make_accelerator(cpu=True, project_dir=str(tmp_path))  # one per run, as a process has
-        ckpt = Checkpointer(accelerator, state, "sa") if state else None
-        return selective_amnesia(model, ones, accelerator, cfg, checkpointer=ckpt,
-                                 extra_term=_tar(model, accelerator, every=3))
-
-    want, want_hist = run()
-    monkeypatch.setenv("SA_DIST_FAULT", "sigint@sa:2")
-    with pytest.raises(Interrupted):
-        run(tmp_path / "st")
-    monkeypatch.delenv("SA_DIST_FAULT")
-    got, hist = run(tmp_path / "st")
-    assert all(torch.equal(a, b) for a, b in zip(want.parameters(), got.parameters()))
-    assert [h["tar_fit"] for h in hist] == [h["tar_fit"] for h in want_hist]
 
 
 def test_a_saved_state_is_plain_json(tiny_baseline, accelerator):
