@@ -39,9 +39,9 @@ MARKER = "T"
 
 
 class RelearnAdversary(ClassTargets):
-    """A simulated relearning attack each SA step (``selective_amnesia``'s ``extra_term``): ``term`` fine-tunes a
-    scratch copy of the model on θ*'s samples of the forgotten labels, then returns the capped ascent there and its
-    gradients (first order)."""
+    """A simulated relearning attack every ``every`` SA steps (``selective_amnesia``'s ``extra_term``): ``term``
+    fine-tunes a scratch copy of the model on θ*'s samples of the forgotten labels, then returns the capped ascent
+    there and its gradients (first order)."""
 
     def __init__(self, forget: list[int], *, steps: int, lr: float, k: int, every: int, weight: float,
                  margin: float, start: str, batch: int, seed: int):
@@ -67,8 +67,9 @@ class RelearnAdversary(ClassTargets):
 
     @torch.no_grad()
     def _reset(self, model: CVAE, start: str) -> None:
-        """θ' = ``model``'s weights; with start label-mean, the forgotten labels' slices at the retained mean."""
-        for p, q in zip(self.scratch.parameters(), model.parameters()):
+        """θ' = ``model``'s weights and buffers; with start label-mean, the forgotten labels' slices at the retained
+        mean."""
+        for p, q in zip((*self.scratch.parameters(), *self.scratch.buffers()), (*model.parameters(), *model.buffers())):
             p.copy_(q)
         if start == "label-mean":
             params = list(self.scratch.parameters())

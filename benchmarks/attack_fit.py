@@ -1,0 +1,75 @@
+"""How well does each model fit the forgotten class again after a few steps of the ``tar`` method's simulated attack?
+
+For each model, the ``tar`` method's ``RelearnAdversary`` fine-tunes a copy (every weight, Adam, started as
+``--start`` says) on ``--k`` of θ*'s own samples of the forgotten class for ``--steps`` steps, then scores fresh
+samples of θ*: their negative ELBO at the label, over θ*'s own negative ELBO of them (``ratio``; mean over
+``--repeats`` draws). A model that relearns like the retrained one sits at the retrained model's ratio; the ``tar``
+method's cap is (1 + margin) in these units. Prints JSON; a diagnostic, not a test.
+
+    python benchmarks/attack_fit.py THETA_STAR.safetensors RUN/unlearned.safetensors ... --forget 2
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+
+import torch
+
+from sa_dist.checkpoint import load_checkpoint
+from sa_dist.config import TAR_STARTS
+from sa_dist.methods.tar import RelearnAdversary
+from sa_dist.models import negative_elbo
+from sa_dist.runtime import make_accelerator
+from sa_dist.utils import UserError
+
+
+def attack_fit(theta_star, model, a, accelerator) -> float:
+    """The mean over ``a.repeats`` draws of (nELBO of θ*'s held-out samples after the attack) / (θ*'s own)."""
+    ratios = []
+    for rep in range(a.repeats):
+        adv = RelearnAdversary(a.forget, steps=a.steps, lr=a.lr, k=a.k, every=1, weight=0.0, margin=0.0,
+                               start=a.start, batch=a.batch, seed=a.seed + rep)
+        adv.start(theta_star, accelerator)
+        gen = adv.generator(0)
+        x, c = adv.targets(gen, a.k)
+        held, held_c = adv.targets(gen)
+        own = adv.own_nelbo(held, held_c, gen)
+        adv.attack(model, x, c, gen, a.start)
+        with torch.no_grad():
+            after = negative_elbo(adv.scratch, held, held_c, adv._noise(len(held), gen)).mean().item()
+        ratios.append(after / own)
+    return round(sum(ratios) / len(ratios), 4)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("theta_star", help="θ*'s checkpoint (the baseline every model was unlearned from)")
+    p.add_argument("models", nargs="+", help="checkpoints to probe (θ* may be named again)")
+    p.add_argument("--forget", type=int, nargs="+", default=[2], help="the forgotten classes (default 2)")
+    p.add_argument("--steps", type=int, default=16, help="attack steps (default tar's 16)")
+    p.add_argument("--lr", type=float, default=1e-3, help="the attack's Adam lr (default tar's 0.001)")
+    p.add_argument("--k", type=int, default=32, help="θ* samples the attack fits (default tar's 32)")
+    p.add_argument("--start", default="label-mean", choices=TAR_STARTS[:2], help="the attack's start (default "
+                                                                                  "label-mean)")
+    p.add_argument("--batch", type=int, default=256, help="held-out samples scored (default 256)")
+    p.add_argument("--repeats", type=int, default=3, help="draws averaged (default 3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the samples and noise (default 0)")
+    a = p.parse_args(argv)
+    if min(a.steps, a.k, a.batch, a.repeats) < 1 or not a.lr > 0:
+        raise SystemExit("attack_fit.py: error: --steps, --k, --batch, --repeats must be >= 1 and --lr > 0")
+    torch.manual_seed(a.seed)
+    with contextlib.redirect_stdout(sys.stderr):  # its thread-count line: stdout holds the JSON alone
+        acc = make_accelerator(cpu=True)
+    try:
+        theta = load_checkpoint(a.theta_star)[0].requires_grad_(False)
+        out = {k: getattr(a, k) for k in ("steps", "lr", "k", "start", "forget", "repeats")}
+        out["models"] = {path: attack_fit(theta, load_checkpoint(path)[0], a, acc) for path in a.models}
+    except UserError as e:
+        raise SystemExit(f"attack_fit.py: error: {e}") from None
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
