@@ -54,6 +54,7 @@ class RelearnAdversary(ClassTargets):
     def start(self, frozen: CVAE, accelerator) -> None:
         super().start(frozen, accelerator)
         self.scratch = copy.deepcopy(frozen).eval().requires_grad_(True)  # θ', batch norm frozen as in SA
+        self.zeros = [torch.zeros_like(p) for p in frozen.parameters()]  # the gradient of the steps between attacks
         index = {id(p): i for i, p in enumerate(self.scratch.parameters())}
         self.slots = [(index[id(w)], dim, torch.tensor([start + c for c in self.forget], device=w.device))
                       for w, dim, start in self.scratch.label_inputs()]
@@ -95,7 +96,7 @@ class RelearnAdversary(ClassTargets):
         at θ', cap) of fresh θ* samples of the forgotten labels, its gradient at θ' (after ``attack``) standing for
         θ's; between attacks, zero gradients and the last attack's floats."""
         if (step - 1) % self.every and self.last is not None:
-            return dict(self.last), [torch.zeros_like(p) for p in model.parameters()]
+            return dict(self.last), self.zeros
         gen, start = self.generator(step), self.start_of(step)
         x, c = self.targets(gen, self.k)  # the attacker's few images
         held, held_c = self.targets(gen)  # what the attacked model is judged on
