@@ -18,7 +18,7 @@ import sys
 import torch
 
 from sa_dist.checkpoint import load_checkpoint
-from sa_dist.config import TAR_STARTS
+from sa_dist.config import TAR_STARTS, SAConfig
 from sa_dist.methods.tar import RelearnAdversary
 from sa_dist.models import negative_elbo
 from sa_dist.runtime import make_accelerator
@@ -48,9 +48,10 @@ def main(argv=None) -> None:
     p.add_argument("theta_star", help="θ*'s checkpoint (the baseline every model was unlearned from)")
     p.add_argument("models", nargs="+", help="checkpoints to probe (θ* may be named again)")
     p.add_argument("--forget", type=int, nargs="+", default=[2], help="the forgotten classes (default 2)")
-    p.add_argument("--steps", type=int, default=16, help="attack steps (default tar's 16)")
-    p.add_argument("--lr", type=float, default=1e-3, help="the attack's Adam lr (default tar's 0.001)")
-    p.add_argument("--k", type=int, default=32, help="θ* samples the attack fits (default tar's 32)")
+    tar = SAConfig()  # the method's own defaults: one source
+    p.add_argument("--steps", type=int, default=tar.tar_steps, help=f"attack steps (default tar's {tar.tar_steps})")
+    p.add_argument("--lr", type=float, default=tar.tar_lr, help=f"the attack's Adam lr (default tar's {tar.tar_lr:g})")
+    p.add_argument("--k", type=int, default=tar.tar_k, help=f"θ* samples the attack fits (default tar's {tar.tar_k})")
     p.add_argument("--start", default="label-mean", choices=[s for s in TAR_STARTS if s != "both"],
                    help="the attack's start (default label-mean)")
     p.add_argument("--batch", type=int, default=256, help="held-out samples scored (default 256)")

@@ -19,6 +19,7 @@ import sys
 import torch
 
 from sa_dist.checkpoint import load_checkpoint
+from sa_dist.config import SAConfig
 from sa_dist.methods.adversary import ConditionAdversary
 from sa_dist.runtime import make_accelerator
 from sa_dist.utils import UserError
@@ -44,7 +45,8 @@ def main(argv=None) -> None:
     p.add_argument("models", nargs="+", help="checkpoints to probe (θ* may be named again)")
     p.add_argument("--forget", type=int, nargs="+", default=[2], help="the forgotten classes (default 2)")
     p.add_argument("--steps", type=int, default=400, help="adversary steps per model (default 400)")
-    p.add_argument("--lr", type=float, default=1e-2, help="the adversary's Adam lr (default the method's 0.01)")
+    lr = SAConfig().adversary_lr  # the method's own default: one source
+    p.add_argument("--lr", type=float, default=lr, help=f"the adversary's Adam lr (default the method's {lr:g})")
     p.add_argument("--seed", type=int, default=0, help="seed of the samples and noise (default 0)")
     a = p.parse_args(argv)
     if a.steps < 1 or not a.lr > 0:
