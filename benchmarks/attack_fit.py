@@ -2,9 +2,11 @@
 
 For each model, the ``tar`` method's ``RelearnAdversary`` fine-tunes a copy (every weight, Adam, started as
 ``--start`` says) on ``--k`` of θ*'s own samples of the forgotten class for ``--steps`` steps, then scores fresh
-samples of θ*: their negative ELBO at the label, over θ*'s own negative ELBO of them (``ratio``; mean over
-``--repeats`` draws). A model that relearns like the retrained one sits at the retrained model's ratio; the ``tar``
-method's cap is (1 + margin) in these units. Prints JSON; a diagnostic, not a test.
+samples of θ*: their negative ELBO at the label, over θ*'s own negative ELBO of them (``ratio``), and the attacked
+model's own posterior of the label for them, its ELBOs over all labels read as a Bayes classifier (``label_p``);
+means over ``--repeats`` draws. A model that relearns like the retrained one sits at the retrained model's values;
+the ``tar`` method's cap is (1 + margin) in the ratio's units (``--tar-score nelbo``) or ``--tar-p`` in the
+posterior's (``--tar-score label``). Prints JSON; a diagnostic, not a test.
 
     python benchmarks/attack_fit.py THETA_STAR.safetensors RUN/unlearned.safetensors ... --forget 2
 """
@@ -20,14 +22,15 @@ import torch
 from sa_dist.checkpoint import load_checkpoint
 from sa_dist.config import TAR_STARTS, SAConfig
 from sa_dist.methods.tar import RelearnAdversary
-from sa_dist.models import negative_elbo
+from sa_dist.models import label_log_odds, negative_elbo
 from sa_dist.runtime import make_accelerator
 from sa_dist.utils import UserError
 
 
-def attack_fit(theta_star, model, a, accelerator) -> float:
-    """The mean over ``a.repeats`` draws of (nELBO of θ*'s held-out samples after the attack) / (θ*'s own)."""
-    ratios = []
+def attack_fit(theta_star, model, a, accelerator) -> dict:
+    """Means over ``a.repeats`` draws: ``ratio``, (nELBO of θ*'s held-out samples after the attack) / (θ*'s own),
+    and ``label_p``, the attacked model's own posterior of their label."""
+    ratios, posteriors = [], []
     for rep in range(a.repeats):
         adv = RelearnAdversary(a.forget, steps=a.steps, lr=a.lr, k=a.k, every=1, weight=0.0, margin=0.0,
                                start=a.start, batch=a.batch, seed=a.seed + rep)
@@ -38,9 +41,11 @@ def attack_fit(theta_star, model, a, accelerator) -> float:
         own = adv.own_nelbo(held, held_c, gen)
         adv.attack(model, x, c, gen, a.start)
         with torch.no_grad():
-            after = negative_elbo(adv.scratch, held, held_c, adv._noise(len(held), gen)).mean().item()
+            eps = adv._noise(len(held), gen)
+            after = negative_elbo(adv.scratch, held, held_c, eps).mean().item()
+            posteriors.append(torch.sigmoid(label_log_odds(adv.scratch, held, held_c, eps)).mean().item())
         ratios.append(after / own)
-    return round(sum(ratios) / len(ratios), 4)
+    return {"ratio": round(sum(ratios) / len(ratios), 4), "label_p": round(sum(posteriors) / len(posteriors), 4)}
 
 
 def main(argv=None) -> None:

@@ -58,7 +58,9 @@ NEUTRAL = {("sa", "sam_rho"): 0.0,  # SAM on the surrogate term (2026-12-06): 0 
            ("sa", "tar_every"): 4,
            ("sa", "tar_weight"): 1.0,
            ("sa", "tar_margin"): 0.4,
-           ("sa", "tar_start"): "both"}
+           ("sa", "tar_start"): "both",
+           ("sa", "tar_score"): "nelbo",  # tar's label score (2026-12-07, sixth session): nelbo as before
+           ("sa", "tar_p"): 0.6}
 
 
 def run_key(run: dict) -> dict:

@@ -20,6 +20,7 @@ DAMPEN_MODES = ("shrink", "reinit")  # dampen: the selected weights shrunk (SSD)
 DAMPEN_UNITS = ("weight", "unit")  # dampen: select single weights (SSD) or whole output units by their summed Fisher
 REGULARISERS = ("ewc", "distance")  # the SA objective's third term: the paper's EWC, or the weight-distance push
 NOISE_ANCHORS = ("noisy", "theta_star", "none")  # noise: EWC anchored at the noised weights, at θ*, or no EWC
+TAR_SCORES = ("nelbo", "label")  # tar: push the class's nELBO after the attack, or the attacked model's own posterior of its label
 TAR_STARTS = ("label-mean", "model", "both")  # tar: the simulated attacker starts like --relearn-start label-mean, from the model, or each in turn
 PROTOCOLS = ("default", "paper")
 SA_LR = {"conv": 1e-3, "linear": 5e-4}  # measured: the fastest that keep retained test nELBO within 2%
@@ -83,6 +84,8 @@ class SAConfig:
     tar_k: int = arg(32, "tar: θ* samples of the forgotten class the simulated attacker fine-tunes on")  # between the benchmark's k = 10 and 100
     tar_weight: float = arg(1.0, "tar: β, weight of the capped ascent on the class's nELBO after the simulated attack")  # the surrogate term's own weight
     tar_margin: float = arg(0.4, "tar: the ascent stops once that nELBO is (1 + margin) x θ*'s own at the label")  # a cap just above retraining's 1.34x after the same attack
+    tar_score: str = arg("nelbo", "tar: what the ascent after the attack raises: the class's nELBO (nelbo), or minus the log-odds of the attacked model's own posterior of the forgotten label for θ*'s samples, its ELBOs read as a Bayes classifier (label)")  # nelbo: measured first; label: nELBO rose while the judge still saw the class (docs/robustness.md)
+    tar_p: float = arg(0.6, "tar (score label): the ascent stops once that posterior is down to p")  # retraining's is 0.63 after tar's own attack (benchmarks/attack_fit.py)
     tar_start: str = arg("both", "tar: the simulated attacker starts from the model (model), with the forgotten labels' input weights at the retained mean (label-mean), or each in turn (both)")  # the benchmark's two attackers (--relearn-start)
 
 
@@ -247,6 +250,10 @@ def _check_method_fields(s: SAConfig) -> None:
         raise UsageError(f"--dampen-unit must be one of {', '.join(DAMPEN_UNITS)}, got {s.dampen_unit!r}")
     if s.dampen_regulariser not in REGULARISERS:
         raise UsageError(f"--dampen-regulariser must be one of {', '.join(REGULARISERS)}, got {s.dampen_regulariser!r}")
+    if s.tar_score not in TAR_SCORES:
+        raise UsageError(f"--tar-score must be one of {', '.join(TAR_SCORES)}, got {s.tar_score!r}")
+    if not 0 < s.tar_p < 1:
+        raise UsageError(f"--tar-p must be in (0, 1), got {s.tar_p}")
     if s.tar_start not in TAR_STARTS:
         raise UsageError(f"--tar-start must be one of {', '.join(TAR_STARTS)}, got {s.tar_start!r}")
     if s.noise_anchor not in NOISE_ANCHORS:

@@ -177,3 +177,18 @@ def negative_elbo(model: nn.Module, x: torch.Tensor, c: torch.Tensor, eps: torch
     rec = F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1)
     return rec + kl
+
+
+def label_log_odds(model: nn.Module, x: torch.Tensor, c: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+    """log p(c|x,θ) / (1 - p(c|x,θ)) per image ``(B,)``: the cVAE read as a Bayes classifier with a uniform label
+    prior, ELBO(x|θ,c) less the log-sum-exp of the other labels' ELBOs (``negative_elbo``), every label scored with
+    the same noise ``eps`` ``(B, z)`` (default one fresh draw). Unlike the log-posterior it does not saturate at
+    p = 1, so its gradient does not vanish where the label is certain."""
+    n, b = model.n_classes, len(x)
+    if eps is None:
+        eps = torch.randn(b, model.z_dim, device=x.device)
+    labels = torch.arange(n, device=x.device).repeat_interleave(b)  # (n·B,): every label for every image
+    elbo = -negative_elbo(model, x.repeat(n, *[1] * (x.dim() - 1)), labels, eps.repeat(n, 1)).view(n, b).T  # (B, n)
+    own = elbo.gather(1, c[:, None]).squeeze(1)  # (B,)
+    others = elbo.masked_fill(torch.nn.functional.one_hot(c, n).bool(), float("-inf"))  # (B, n)
+    return own - torch.logsumexp(others, 1)

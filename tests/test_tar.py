@@ -1,12 +1,13 @@
 """The tar method: SA plus a capped ascent after a simulated relearning attack, against hand-written steps."""
 import json
+import math
 
 import pytest
 import torch
 
 from conftest import load_benchmark, sa_config
 from sa_dist.methods.tar import RelearnAdversary
-from sa_dist.models import negative_elbo, plain_copy
+from sa_dist.models import label_log_odds, negative_elbo, plain_copy
 from sa_dist.utils import UsageError
 
 KW = dict(steps=3, lr=1e-2, k=6, every=1, weight=1.5, margin=5.0, start="label-mean", batch=8, seed=0)  # a cap far
@@ -83,6 +84,44 @@ def test_the_term_is_the_capped_ascent_at_the_attacked_weights(tiny_baseline, ac
     assert all(not g.any() for g in grads)
 
 
+def test_label_log_odds_are_the_elbos_read_as_a_bayes_classifier(tiny_baseline):
+    """By hand, in float64: p(c|x) = softmax over labels of ELBO(x|θ,c), one noise draw shared by the labels."""
+    model, _ = tiny_baseline
+    net = plain_copy(model).double()
+    x = torch.rand(5, 1, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    c, eps = torch.tensor([2, 0, 9, 2, 5]), torch.randn(5, model.z_dim, dtype=torch.float64)
+    got = label_log_odds(net, x, c, eps)
+    for i in range(5):
+        elbo = torch.stack([-negative_elbo(net, x[i:i + 1], torch.tensor([k]), eps[i:i + 1])[0] for k in range(10)])
+        p = torch.softmax(elbo, 0)[c[i]]
+        assert got[i].item() == pytest.approx(torch.log(p / (1 - p)).item(), rel=1e-9, abs=1e-9)
+
+
+def test_the_label_score_is_the_capped_ascent_of_the_attacked_models_own_log_odds(tiny_baseline, accelerator):
+    model, _ = tiny_baseline
+    net = plain_copy(model).requires_grad_(True)
+    adv = _tar(model, accelerator, start="model", score="label", p=1e-9)  # cap 20.7: the push is on
+    row, grads = adv.term(net, 3)
+    gen = adv.generator(3)  # replay: attack images, tar_k held-out samples, the attack's noise, the term's noise
+    x, c = adv.targets(gen, 6)
+    held, hc = adv.targets(gen, 6)
+    ref = plain_copy(model).requires_grad_(True)
+    opt = torch.optim.Adam(ref.parameters(), lr=1e-2)
+    for _ in range(3):
+        opt.zero_grad()
+        negative_elbo(ref, x, c, torch.randn(len(x), model.z_dim, generator=gen)).mean().backward()
+        opt.step()
+    loss = -label_log_odds(ref, held, hc, torch.randn(len(held), model.z_dim, generator=gen)).mean()
+    assert adv.cap == pytest.approx(math.log((1 - 1e-9) / 1e-9)) and loss.item() < adv.cap
+    want = torch.autograd.grad(-1.5 * loss, list(ref.parameters()))
+    for (name, _), g, w in zip(net.named_parameters(), grads, want):
+        assert torch.allclose(g, w, rtol=1e-3, atol=1e-6), name
+    assert row["tar_after"] == pytest.approx(loss.item(), rel=1e-5)
+    adv.cap = loss.item() - 1e3  # the label already that unlikely after the attack: no push
+    _, grads = adv.term(net, 7)
+    assert all(not g.any() for g in grads)
+
+
 def test_attacks_come_every_few_steps_and_both_takes_each_start_in_turn(tiny_baseline, accelerator):
     model, _ = tiny_baseline
     net = plain_copy(model).requires_grad_(True)
@@ -109,7 +148,9 @@ def test_a_saved_state_is_plain_json(tiny_baseline, accelerator):
                                            ({"sa.tar_every": 0}, "--tar-every"), ({"sa.tar_lr": 0.0}, "--tar-lr"),
                                            ({"sa.tar_weight": -1.0}, "--tar-weight"),
                                            ({"sa.tar_margin": float("nan")}, "--tar-margin"),
-                                           ({"sa.tar_start": "nowhere"}, "--tar-start")])
+                                           ({"sa.tar_start": "nowhere"}, "--tar-start"),
+                                           ({"sa.tar_score": "nowhere"}, "--tar-score"),
+                                           ({"sa.tar_p": 1.0}, "--tar-p"), ({"sa.tar_p": 0.0}, "--tar-p")])
 def test_bad_tar_settings_are_one_line_usage_errors(values, match):
     with pytest.raises(UsageError, match=match):
         sa_config(**values)
@@ -125,6 +166,7 @@ def test_attack_fit_scores_each_model_after_the_simulated_attack_and_bad_files_a
         load_benchmark("attack_fit").main([str(path), str(path), "--steps", steps, "--lr", "1e-2", "--k", "8",
                                            "--batch", "16", "--repeats", "1"])
         runs[steps] = json.loads(capsys.readouterr().out)["models"][str(path)]
-    assert 0 < runs["30"] < runs["1"]
+    assert 0 < runs["30"]["ratio"] < runs["1"]["ratio"]
+    assert all(0 < r["label_p"] < 1 for r in runs.values())
     with pytest.raises(SystemExit, match="attack_fit.py: error: .*does not exist"):
         load_benchmark("attack_fit").main([str(path), str(tmp_path / "nothing.safetensors"), "--steps", "1"])

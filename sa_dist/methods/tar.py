@@ -16,7 +16,12 @@ Jacobian is dropped), cap = (1 + ``tar_margin``) × θ*'s own nELBO of the sampl
 and the retained classes; this one moves the shared weights so that a few steps of relearning do not model the
 class again, until it is that much harder to model there than in θ*. Not the naive baseline: the ascent is at the
 attacked point, on θ*'s generations, and bounded. With ``tar_start`` label-mean the gradient of the reset slices
-belongs to the attacker's start, not to θ, and is dropped. The steps between attacks add nothing. Each process
+belongs to the attacker's start, not to θ, and is dropped. With ``tar_score`` label the ascent raises instead
+minus the log-odds of p(c_f | x, θ'), θ''s own posterior of the forgotten label for ``tar_k`` fresh samples of θ*,
+its ELBOs over all labels read as a Bayes classifier (log-odds, not log p: that saturates at p = 1, where its
+gradient vanishes), capped at minus the log-odds of ``tar_p``: the nELBO push raised the class's nELBO after the
+attack by blurring every label's reconstruction alike while the relearning judge still saw the class, and this
+posterior ranks the attacked models as that judge does (docs/robustness.md). The steps between attacks add nothing. Each process
 simulates its own attacker on its share of the samples; the term's gradients are averaged over processes with the
 others. Nothing is kept across steps but the cap and the last row (saved with SA's state, so a resume is exact).
 History rows add ``tar_fit`` (the attack's loss after its steps) and ``tar_after`` (the capped nELBO of fresh
@@ -24,16 +29,18 @@ samples after the attack, which the term pushes up); rows between attacks repeat
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 
 from ..amnesia import selective_amnesia
-from ..config import TAR_STARTS
-from ..models import CVAE, label_mean_slices, negative_elbo
+from ..config import TAR_SCORES, TAR_STARTS
+from ..models import CVAE, label_log_odds, label_mean_slices, negative_elbo
 from . import Context, Outcome
 from .adversary import ClassTargets
 
-USES = ("lam", "gamma", "tar_steps", "tar_lr", "tar_k", "tar_every", "tar_weight", "tar_margin", "tar_start")
+USES = ("lam", "gamma", "tar_steps", "tar_lr", "tar_k", "tar_every", "tar_weight", "tar_margin", "tar_start",
+        "tar_score", "tar_p")
 NEEDS_FISHER = True
 MARKER = "T"
 
@@ -44,11 +51,15 @@ class RelearnAdversary(ClassTargets):
     there and its gradients (first order)."""
 
     def __init__(self, forget: list[int], *, steps: int, lr: float, k: int, every: int, weight: float,
-                 margin: float, start: str, batch: int, seed: int):
-        if start not in TAR_STARTS:
-            raise ValueError(f"tar start must be one of {', '.join(TAR_STARTS)}, got {start!r}")
+                 margin: float, start: str, batch: int, seed: int, score: str = "nelbo", p: float = 0.6):
+        if start not in TAR_STARTS or score not in TAR_SCORES:
+            raise ValueError(f"tar start must be one of {', '.join(TAR_STARTS)} and score one of "
+                             f"{', '.join(TAR_SCORES)}, got {start!r}, {score!r}")
         super().__init__(forget, weight=weight, margin=margin, batch=batch, seed=seed)
         self.steps, self.lr, self.k, self.every, self.start_at = steps, lr, k, every, start
+        self.score = score
+        if score == "label":
+            self.cap = math.log((1 - p) / p)  # minus the log-odds of posterior p: nothing to measure on θ* first
         self.last = None  # the last attack's row floats, repeated on the SA steps between attacks
 
     def start(self, frozen: CVAE, accelerator) -> None:
@@ -99,12 +110,12 @@ class RelearnAdversary(ClassTargets):
             return dict(self.last), self.zeros
         gen, start = self.generator(step), self.start_of(step)
         x, c = self.targets(gen, self.k)  # the attacker's few images
-        held, held_c = self.targets(gen)  # what the attacked model is judged on
+        held, held_c = self.targets(gen, self.k if self.score == "label" else None)  # what the attack is judged on
         fit = self.attack(model, x, c, gen, start)
         self.set_cap(held, held_c, gen)
         params = list(self.scratch.parameters())
-        nelbo = negative_elbo(self.scratch, held, held_c, self._noise(len(held), gen)).mean()  # (,)
-        value = -nelbo.clamp(max=self.cap)  # (,): no push once the attacked model finds the class that hard
+        loss = self.judged(held, held_c, gen)  # (,)
+        value = -loss.clamp(max=self.cap)  # (,): no push once the attacked model finds the class that hard
         grads = [g.detach().clone() for g in torch.autograd.grad(self.weight * value, params, materialize_grads=True)]
         if start == "label-mean":
             for i, dim, idx in self.slots:  # the attacker's reset start, not θ's weights
@@ -112,6 +123,16 @@ class RelearnAdversary(ClassTargets):
         value = self.accelerator.reduce(value.detach(), reduction="mean").item()
         self.last = {"tar_fit": fit, "tar_after": -value, "weighted": self.weight * value}
         return dict(self.last), grads
+
+    def judged(self, held: torch.Tensor, held_c: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """What the ascent raises at θ' (``score``): the nELBO of θ*'s samples ``held`` at their labels, or (label)
+        minus the log-odds of θ''s own posterior of their labels, its ELBOs over all labels read as a Bayes
+        classifier: raising it lowers the label's ELBO against the others', so blurring every label's fit alike
+        does not count."""
+        eps = self._noise(len(held), gen)
+        if self.score == "nelbo":
+            return negative_elbo(self.scratch, held, held_c, eps).mean()
+        return -label_log_odds(self.scratch, held, held_c, eps).mean()
 
     def state(self) -> dict:
         return {"cap": self.cap, "last": self.last}
@@ -125,12 +146,12 @@ def unlearn(ctx: Context) -> Outcome:
     cfg, s = ctx.cfg, ctx.cfg.sa
     adversary = RelearnAdversary(s.forget, steps=s.tar_steps, lr=s.tar_lr, k=s.tar_k, every=s.tar_every,
                                  weight=s.tar_weight, margin=s.tar_margin, start=s.tar_start,
-                                 batch=s.surrogate_batch, seed=cfg.sa_seed)
+                                 batch=s.surrogate_batch, seed=cfg.sa_seed, score=s.tar_score, p=s.tar_p)
     model, history = selective_amnesia(ctx.original, ctx.fisher, ctx.accelerator, cfg, log_dir=ctx.log_dir,
                                        checkpointer=ctx.ckpt, extra_term=adversary)
     after = [row["tar_after"] for row in history[::s.tar_every]]  # one per attack
     info = {"steps": s.tar_steps, "lr": s.tar_lr, "k": s.tar_k, "every": s.tar_every, "weight": s.tar_weight,
-            "margin": s.tar_margin,
+            "margin": s.tar_margin, "score": s.tar_score, "p": s.tar_p,
             "start": s.tar_start, "cap": adversary.cap,
             "after_first": after[0] if after else None, "after_last": after[-1] if after else None,
             "capped_share": sum(a >= adversary.cap for a in after) / len(after) if after else None}
