@@ -167,6 +167,10 @@ def test_attack_fit_scores_each_model_after_the_simulated_attack_and_bad_files_a
                                            "--batch", "16", "--repeats", "1"])
         runs[steps] = json.loads(capsys.readouterr().out)["models"][str(path)]
     assert 0 < runs["30"]["ratio"] < runs["1"]["ratio"]
-    assert all(0 < r["label_p"] < 1 for r in runs.values())
+    assert all(0 < r["label_p"] < 1 and 0 <= r["judge_p"] <= 1 for r in runs.values())
+    load_benchmark("attack_fit").main([str(path), str(path), "--steps", "30", "--lr", "1e-2", "--k", "8",
+                                       "--batch", "16", "--repeats", "1", "--images", "real"])
+    real = json.loads(capsys.readouterr().out)["models"][str(path)]
+    assert real["ratio"] != runs["30"]["ratio"]  # another attack: real images in place of θ*'s samples
     with pytest.raises(SystemExit, match="attack_fit.py: error: .*does not exist"):
         load_benchmark("attack_fit").main([str(path), str(tmp_path / "nothing.safetensors"), "--steps", "1"])
