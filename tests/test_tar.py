@@ -85,7 +85,8 @@ def test_the_term_is_the_capped_ascent_at_the_attacked_weights(tiny_baseline, ac
 
 
 def test_label_log_odds_are_the_elbos_read_as_a_bayes_classifier(tiny_baseline):
-    """By hand, in float64: p(c|x) = softmax over labels of ELBO(x|θ,c), one noise draw shared by the labels."""
+    """By hand, image by image, in float64: log p(c|x) - log(1 - p(c|x)), p(.|x) the softmax over labels of
+    ELBO(x|θ,c) with one noise draw shared by the labels (1 - p as the other labels' sum: p may round to 1)."""
     model, _ = tiny_baseline
     net = plain_copy(model).double()
     x = torch.rand(5, 1, 28, 28, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
@@ -93,8 +94,9 @@ def test_label_log_odds_are_the_elbos_read_as_a_bayes_classifier(tiny_baseline):
     got = label_log_odds(net, x, c, eps)
     for i in range(5):
         elbo = torch.stack([-negative_elbo(net, x[i:i + 1], torch.tensor([k]), eps[i:i + 1])[0] for k in range(10)])
-        p = torch.softmax(elbo, 0)[c[i]]
-        assert got[i].item() == pytest.approx(torch.log(p / (1 - p)).item(), rel=1e-9, abs=1e-9)
+        log_p = torch.log_softmax(elbo, 0)  # log p(k|x) for every label k
+        others = torch.cat([log_p[:c[i]], log_p[c[i] + 1:]])
+        assert got[i].item() == pytest.approx((log_p[c[i]] - torch.logsumexp(others, 0)).item(), rel=1e-9, abs=1e-9)
 
 
 def test_the_label_score_is_the_capped_ascent_of_the_attacked_models_own_log_odds(tiny_baseline, accelerator):
