@@ -6,9 +6,10 @@ samples``, what ``tar`` fits) or real training images (``real``, what the benchm
 fresh samples of θ*: their negative ELBO at the label, over θ*'s own negative ELBO of them (``ratio``), and the
 attacked model's own posterior of the label for them, its ELBOs over all labels read as a Bayes classifier
 (``label_p``); and what the relearning benchmark judges, the project evaluator's P of the class on the attacked
-model's decoder means at 500 prior latents under the label (``judge_p``); means over ``--repeats`` draws. A model that relearns like the retrained one sits at the retrained model's values;
-the ``tar`` method's cap is (1 + margin) in the ratio's units (``--tar-score nelbo``) or ``--tar-p`` in the
-posterior's (``--tar-score label``). Prints JSON; a diagnostic, not a test.
+model's decoder means at 500 prior latents under the label (``judge_p``); means over ``--repeats`` draws. A model
+that relearns like the retrained one sits at the retrained model's values; the ``tar`` method's cap is (1 + margin)
+in the ratio's units (``--tar-score nelbo``) or ``--tar-p`` in the posterior's (``--tar-score label``). Prints JSON;
+a diagnostic, not a test.
 
     python benchmarks/attack_fit.py THETA_STAR.safetensors RUN/unlearned.safetensors ... --forget 2
     python benchmarks/attack_fit.py ... --start model --images real --k 10 --lr 1e-4 --steps 140

@@ -19,13 +19,15 @@ attacked point, on θ*'s generations, and bounded. With ``tar_start`` label-mean
 belongs to the attacker's start, not to θ, and is dropped. With ``tar_score`` label the ascent raises instead
 minus the log-odds of p(c_f | x, θ'), θ''s own posterior of the forgotten label for ``tar_k`` fresh samples of θ*,
 its ELBOs over all labels read as a Bayes classifier (log-odds, not log p: that saturates at p = 1, where its
-gradient vanishes), capped at minus the log-odds of ``tar_p``: the nELBO push raised the class's nELBO after the
-attack by blurring every label's reconstruction alike while the relearning judge still saw the class, and this
-posterior ranks the attacked models as that judge does (docs/robustness.md). The steps between attacks add nothing. Each process
-simulates its own attacker on its share of the samples; the term's gradients are averaged over processes with the
-others. Nothing is kept across steps but the cap and the last row (saved with SA's state, so a resume is exact).
-History rows add ``tar_fit`` (the attack's loss after its steps) and ``tar_after`` (the capped nELBO of fresh
-samples after the attack, which the term pushes up); rows between attacks repeat the last attack's."""
+gradient vanishes), capped at minus the log-odds of ``tar_p``. Why: after a real-image attack the nELBO-pushed
+model had the retrained model's nELBO of the class while the relearning judge saw the class again, and this
+posterior ranks the attacked models as that judge does; at β = 1 it costs the retained classes more than it buys
+(docs/robustness.md). The steps between attacks add nothing. Each process simulates its own attacker on its share
+of the samples; the term's gradients are averaged over processes with the others. Nothing is kept across steps but
+the cap and the last row (saved with SA's state, so a resume is exact).
+History rows add ``tar_fit`` (the attack's loss after its steps) and ``tar_after`` (the capped value the term
+pushes up after the attack: the nELBO of fresh samples, or minus their log-odds); rows between attacks repeat the
+last attack's."""
 from __future__ import annotations
 
 import copy
