@@ -190,5 +190,5 @@ def label_log_odds(model: nn.Module, x: torch.Tensor, c: torch.Tensor, eps: torc
     labels = torch.arange(n, device=x.device).repeat_interleave(b)  # (n·B,): every label for every image
     elbo = -negative_elbo(model, x.repeat(n, *[1] * (x.dim() - 1)), labels, eps.repeat(n, 1)).view(n, b).T  # (B, n)
     own = elbo.gather(1, c[:, None]).squeeze(1)  # (B,)
-    others = elbo.masked_fill(torch.nn.functional.one_hot(c, n).bool(), float("-inf"))  # (B, n)
+    others = elbo.masked_fill(F.one_hot(c, n).bool(), float("-inf"))  # (B, n)
     return own - torch.logsumexp(others, 1)
