@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from cells import Table, config_hash
-from robustness_plan import ATTACK_FLAGS, TABLE, BenchConfig, Cell, attack_config, plan, run_config
+from robustness_plan import ATTACK_FLAGS, KINDS, TABLE, BenchConfig, Cell, attack_config, plan, run_config
 from robustness_table import frontier, render
 from sa_dist.attacks.relearn import Judges
 from sa_dist.attacks.suite import AttackConfig, run_invert, run_relearn, run_weights
@@ -152,6 +152,8 @@ def parse_args(argv=None) -> BenchConfig:
     if min(a.relearn_steps, a.relearn_samples, a.auc_steps, a.retain_steps, a.retain_batch, a.invert_steps,
            a.weights_points - 1) < 1 or a.invert_restarts < 0:
         p.error("the attack settings must be >= 1 (--restarts >= 0, --weights-points >= 2)")
+    if not b.kinds or set(b.kinds) - set(KINDS):
+        p.error(f"--kinds must be among {' '.join(KINDS)}, got {' '.join(b.kinds)}")
     return b
 
 

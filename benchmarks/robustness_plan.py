@@ -21,6 +21,9 @@ ATTACK_FLAGS = ("relearn_steps", "relearn_params", "relearn_start", "relearn_dra
                 "weights_points")  # AttackConfig's flags (and defaults) used here
 
 
+KINDS = ("unlearn", "relearn", "weights", "invert")  # a model's cells, in the order they run
+
+
 @dataclass
 class BenchConfig:
     methods: list = arg(help="method specs: NAME or NAME:sa.key=value,... (original: θ* itself)",
@@ -44,6 +47,8 @@ class BenchConfig:
     results: str = arg(str(RESULTS), "folder of the tables (the cells: RESULTS/robustness/cells/)",
                        shown="benchmarks/results")
     out: str = arg("robustness", "the rendered table: RESULTS/robustness/OUT.md, .json and .png")
+    kinds: list = arg(help="cell kinds to plan: unlearn relearn weights invert (unlearn alone: a quality screen)",
+                      factory=lambda: list(KINDS), nargs="+", type=str)  # all: the table's every column
     threads: int = arg(1, "torch CPU threads")  # small batches: 2 threads were 3-6x slower on shared cores
     commit: bool = arg(False, "git-commit each cell as it is written")
     dry_run: bool = arg(False, "list the cells and which are done; measure nothing")
@@ -63,7 +68,7 @@ class Unit:
 @dataclass
 class Cell:
     unit_name: str  # ARCH-fFORGET-sSEED-SPEC
-    kind: str  # unlearn | relearn | weights | invert
+    kind: str  # one of KINDS
     config: dict
     unit: Unit
     k: Optional[int] = None
@@ -163,7 +168,7 @@ def unit_cells(b: BenchConfig, unit: Unit, fps: dict) -> list[Cell]:
 
 
 def plan(b: BenchConfig, fps: dict) -> list[Cell]:
-    """Every cell, retrain's first in each (arch, forget, seed), so ratios can be rendered early."""
+    """Every cell of ``--kinds``, retrain's first in each (arch, forget, seed), so ratios can be rendered early."""
     specs = list(dict.fromkeys(["retrain", *b.methods]))
     return [cell for arch in b.arch for forget in map(parse_forget, b.forget) for seed in b.seeds
-            for spec in specs for cell in unit_cells(b, Unit(arch, forget, seed, spec), fps)]
+            for spec in specs for cell in unit_cells(b, Unit(arch, forget, seed, spec), fps) if cell.kind in b.kinds]

@@ -81,6 +81,8 @@ def seed_numbers(mine: dict, ref: dict) -> tuple[dict, dict, bool]:
     nums["relearning_bar"] = relearning_bar(
         {(k, lr): (e["steps"] and e["steps"]["ratio"], e["steps"] and e["steps"]["bound"])
          for k, gk in g["by_k"].items() for lr, e in gk["by_lr"].items()})
+    if not (block and ref["relearn"]):  # no relearning measured (--kinds unlearn): unmeasured, not "never"
+        return nums, bounds, quotable
     nums["min_steps_ratio"] = g["min_steps"] and g["min_steps"]["ratio"]
     nums["min_auc_ratio"] = g["min_auc"] and g["min_auc"]["ratio"]
     if g["min_steps"] and g["min_steps"]["bound"] != "=":

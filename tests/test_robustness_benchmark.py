@@ -263,3 +263,16 @@ def test_decoder_probe_sees_a_shut_last_block_and_the_output_logit():
     assert all(r["zero_share"] < 1.0 for r in out["relus"][:-1])
     assert out["mean_logit"] == -5.0  # a shut last block leaves only the output bias
     assert decoder_probe.probe(model, 2, samples=16, seed=0) == out  # seeded draws
+
+
+def test_kinds_unlearn_is_a_quality_screen_whose_cells_the_full_run_reuses(tmp_path, monkeypatch):
+    calls = []
+    table, b, plan, _ = run_fake(tmp_path, monkeypatch, calls, "--k", "10", "--kinds", "unlearn")
+    assert calls == [c.name for c in plan] and all(n.endswith("-unlearn") for n in calls) and len(calls) == 5 * 2
+    md = robustness.write_table(table, b, plan, FPS)
+    row = next(line for line in md.splitlines() if line.startswith("| dampen |"))
+    assert "+1.50" in row and row.split(" | ")[5] == "–" and "both never" not in md  # no relearning: unmeasured
+    table, b, plan, _ = run_fake(tmp_path, monkeypatch, calls, "--k", "10")  # the full run after the screen
+    assert len(calls) == 10 + 5 * 2 * 2 and not any(n.endswith("-unlearn") for n in calls[10:])  # screen reused
+    with pytest.raises(SystemExit):
+        robustness.parse_args(["--kinds", "unlearn", "relearnn"])
