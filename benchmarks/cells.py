@@ -60,7 +60,8 @@ NEUTRAL = {("sa", "sam_rho"): 0.0,  # SAM on the surrogate term (2026-12-06): 0 
            ("sa", "tar_margin"): 0.4,
            ("sa", "tar_start"): "both",
            ("sa", "tar_score"): "nelbo",  # tar's label score (2026-12-07, sixth session): nelbo as before
-           ("sa", "tar_p"): 0.6}
+           ("sa", "tar_p"): 0.6,
+           ("sa", "tar_epochs"): None}  # tar's repair tail (2026-12-07, seventh session): attacks in every epoch
 
 
 def run_key(run: dict) -> dict:

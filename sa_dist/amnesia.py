@@ -120,7 +120,7 @@ def selective_amnesia(model: CVAE, fisher: dict | None, accelerator, cfg: RunCon
     ``model``. ``regulariser``: the third term, ``ewc`` (the paper) or ``distance`` (the weight-distance push
     away from the anchor, ``objective.distance_term``; ``fisher`` may then be None). ``extra_term``: a fourth term
     computed outside the model's forward (the ``adversary`` method's ``ConditionAdversary``): an object with
-    ``start(frozen, accelerator)``, ``term(model, step) -> (row floats, gradients)``, ``state()`` and
+    ``start(frozen, accelerator, steps_per_epoch)``, ``term(model, step) -> (row floats, gradients)``, ``state()`` and
     ``load(state)``; its gradients join the step's backward and its state is saved and resumed with the loop's."""
     cfg = validate(cfg)
     s, seed = cfg.sa, cfg.sa_seed
@@ -144,7 +144,7 @@ def selective_amnesia(model: CVAE, fisher: dict | None, accelerator, cfg: RunCon
     ckpt = checkpointer or Checkpointer(accelerator, None, "sa")
     batches, history, step, meta = _steps(replay, surr, s.sa_epochs, ckpt)
     if extra_term is not None:
-        extra_term.start(frozen, accelerator)
+        extra_term.start(frozen, accelerator, len(replay))
         extra_term.load(meta.get("extra_term"))
     objective = dict(regulariser=reg, gamma=s.gamma, surrogate_weight=surrogate_weight)
     _loop(net, opt, accelerator, batches, history, step, ckpt, objective, s.sa_epochs * len(replay), s.sam_rho,

@@ -86,6 +86,7 @@ class SAConfig:
     tar_margin: float = arg(0.4, "tar: the ascent stops once that nELBO is (1 + margin) x θ*'s own at the label")  # a cap just above retraining's 1.34x after the same attack
     tar_score: str = arg("nelbo", "tar: what the ascent after the attack raises: the class's nELBO (nelbo), or minus the log-odds of the attacked model's own posterior of the forgotten label for θ*'s samples, its ELBOs read as a Bayes classifier (label)")  # nelbo: measured first; label: nELBO rose while the judge still saw the class (docs/robustness.md)
     tar_p: float = arg(0.6, "tar (score label): the ascent stops once that posterior is down to p")  # retraining's is 0.57-0.60 after tar's own attack (benchmarks/attack_fit.py, both starts)
+    tar_epochs: Optional[int] = arg(None, "tar: SA epochs that simulate attacks; the later ones repair with SA's own terms alone", shown="all")  # all: the method as first measured; a repair tail is measured in docs/robustness.md
     tar_start: str = arg("both", "tar: the simulated attacker starts from the model (model), with the forgotten labels' input weights at the retained mean (label-mean), or each in turn (both)")  # the benchmark's two attackers (--relearn-start)
 
 
@@ -254,6 +255,8 @@ def _check_method_fields(s: SAConfig) -> None:
         raise UsageError(f"--tar-score must be one of {', '.join(TAR_SCORES)}, got {s.tar_score!r}")
     if not 0 < s.tar_p < 1:
         raise UsageError(f"--tar-p must be in (0, 1), got {s.tar_p}")
+    if s.tar_epochs is not None and not 1 <= s.tar_epochs <= s.sa_epochs:
+        raise UsageError(f"--tar-epochs must be between 1 and --sa-epochs ({s.sa_epochs}), got {s.tar_epochs}")
     if s.tar_start not in TAR_STARTS:
         raise UsageError(f"--tar-start must be one of {', '.join(TAR_STARTS)}, got {s.tar_start!r}")
     if s.noise_anchor not in NOISE_ANCHORS:

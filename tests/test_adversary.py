@@ -113,17 +113,20 @@ def test_bad_adversary_settings_are_one_line_usage_errors(values, match):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("method, steps, column", [("adversary", 2, "adversary_fit"), ("tar", 16, "tar_fit")])
-def test_two_ranks_run_the_attacker_methods_and_record_them(tmp_path, method, steps, column):
-    """torchrun, 2 gloo ranks: the adversary's condition (``adversary``) or the simulated attack (``tar``) and the
-    term run on each rank's share, averaged inside the DDP step."""
+@pytest.mark.parametrize("method, steps, column, more", [
+    ("adversary", 2, "adversary_fit", ()), ("tar", 16, "tar_fit", ("--tar-epochs", "1", "--tar-every", "1"))])
+def test_two_ranks_run_the_attacker_methods_and_record_them(tmp_path, method, steps, column, more):
+    """torchrun, 2 gloo ranks: the adversary's condition (``adversary``) or the simulated attack (``tar``, in the
+    first of two SA epochs) and the term run on each rank's share, averaged inside the DDP step."""
     r = torchrun(ROOT / "scripts" / "unlearn.py", *TINY, "--sa_epochs", "2", "--seed", "3", "--method", method,
-                 "--run-dir", tmp_path / "r", timeout=240)
+                 *more, "--run-dir", tmp_path / "r", timeout=240)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "r" / "results.json").read_text())
     assert res["config"]["sa"]["method"] == method and res["method_info"]["steps"] == steps
     rows = res["sa_history"]["rows"]
     assert rows[-1]["step"] == 8 and all(torch.isfinite(torch.tensor(row[column])) for row in rows)
+    if method == "tar":  # 4 steps an epoch on each rank: the second is the repair tail
+        assert res["method_info"]["epochs"] == 1 and res["method_info"]["attacks"] == 4  # each step of epoch 1 alone
 
 
 def test_condition_fit_reports_each_models_best_condition_and_bad_files_are_one_line(tiny_baseline, tmp_path,

@@ -137,6 +137,18 @@ def test_attacks_come_every_few_steps_and_both_takes_each_start_in_turn(tiny_bas
     assert fresh["tar_fit"] != first["tar_fit"]
 
 
+def test_after_tar_epochs_no_attack_is_simulated_a_repair_tail(tiny_baseline, accelerator):
+    model, _ = tiny_baseline
+    net = plain_copy(model).requires_grad_(True)
+    adv = RelearnAdversary([2], **{**KW, "epochs": 2})
+    adv.start(plain_copy(model).requires_grad_(False), accelerator, 3)  # 3 SA steps an epoch: attacks in steps 1-6
+    assert [adv.attacks(s) for s in (1, 6, 7, 9)] == [True, True, False, False]
+    rows = [adv.term(net, s) for s in range(1, 9)]
+    assert all(any(g.any() for g in grads) for _, grads in rows[:6])  # every = 1: each step of epochs 1-2
+    assert all(row == rows[5][0] and not any(g.any() for g in grads) for row, grads in rows[6:])  # the tail
+    assert RelearnAdversary([2], **KW).epochs is None  # default: every epoch attacks
+
+
 def test_a_saved_state_is_plain_json(tiny_baseline, accelerator):
     model, _ = tiny_baseline
     adv = _tar(model, accelerator)
@@ -152,7 +164,9 @@ def test_a_saved_state_is_plain_json(tiny_baseline, accelerator):
                                            ({"sa.tar_margin": float("nan")}, "--tar-margin"),
                                            ({"sa.tar_start": "nowhere"}, "--tar-start"),
                                            ({"sa.tar_score": "nowhere"}, "--tar-score"),
-                                           ({"sa.tar_p": 1.0}, "--tar-p"), ({"sa.tar_p": 0.0}, "--tar-p")])
+                                           ({"sa.tar_p": 1.0}, "--tar-p"), ({"sa.tar_p": 0.0}, "--tar-p"),
+                                           ({"sa.tar_epochs": 0}, "--tar-epochs"),
+                                           ({"sa.tar_epochs": 11, "sa.sa_epochs": 10}, "--tar-epochs")])
 def test_bad_tar_settings_are_one_line_usage_errors(values, match):
     with pytest.raises(UsageError, match=match):
         sa_config(**values)

@@ -44,8 +44,8 @@ class ClassTargets:
         self.forget, self.weight, self.batch, self.seed = forget, weight, batch, seed
         self.margin, self.cap = margin, None  # the cap is set at the first step, from θ*'s own fit
 
-    def start(self, frozen: CVAE, accelerator) -> None:
-        self.frozen, self.accelerator = frozen, accelerator
+    def start(self, frozen: CVAE, accelerator, steps_per_epoch: int = 1) -> None:
+        self.frozen, self.accelerator, self.steps_per_epoch = frozen, accelerator, steps_per_epoch
         self.retained = [c for c in range(frozen.n_classes) if c not in self.forget]
 
     def generator(self, step: int) -> torch.Generator:
@@ -83,9 +83,9 @@ class ConditionAdversary(ClassTargets):
         super().__init__(forget, weight=weight, margin=margin, batch=batch, seed=seed)
         self.steps, self.lr = steps, lr
 
-    def start(self, frozen: CVAE, accelerator) -> None:
+    def start(self, frozen: CVAE, accelerator, steps_per_epoch: int = 1) -> None:
         """Slices at the retained labels' mean of θ* = ``frozen`` (one per forgotten label, in ``forget`` order)."""
-        super().start(frozen, accelerator)
+        super().start(frozen, accelerator, steps_per_epoch)
         names = {id(p): n for n, p in frozen.named_parameters()}
         means = label_mean_slices(frozen, self.retained)  # per label input: (.., 1, ..) along its dim
         self.slots = [(names[id(w)], dim, torch.tensor([start + c for c in self.forget], device=w.device))

@@ -22,9 +22,10 @@ its ELBOs over all labels read as a Bayes classifier (log-odds, not log p: that 
 gradient vanishes), capped at minus the log-odds of ``tar_p``. Why: after a real-image attack the nELBO-pushed
 model had the retrained model's nELBO of the class while the relearning judge saw the class again, and this
 posterior ranks the attacked models as that judge does; at β = 1 it costs the retained classes more than it buys
-(docs/robustness.md). The steps between attacks add nothing. Each process simulates its own attacker on its share
-of the samples; the term's gradients are averaged over processes with the others. Nothing is kept across steps but
-the cap and the last row (saved with SA's state, so a resume is exact).
+(docs/robustness.md). The steps between attacks add nothing, and so do the epochs after ``tar_epochs`` (when set):
+a repair tail of SA's own terms. Each process simulates its own attacker on its share of the samples; the term's
+gradients are averaged over processes with the others. Nothing is kept across steps but the cap and the last row
+(saved with SA's state, so a resume is exact).
 History rows add ``tar_fit`` (the attack's loss after its steps) and ``tar_after`` (the capped value the term
 pushes up after the attack: the nELBO of fresh samples, or minus their log-odds); rows between attacks repeat the
 last attack's."""
@@ -42,7 +43,7 @@ from . import Context, Outcome
 from .adversary import ClassTargets
 
 USES = ("lam", "gamma", "tar_steps", "tar_lr", "tar_k", "tar_every", "tar_weight", "tar_margin", "tar_start",
-        "tar_score", "tar_p")
+        "tar_score", "tar_p", "tar_epochs")
 NEEDS_FISHER = True
 MARKER = "T"
 
@@ -53,24 +54,29 @@ class RelearnAdversary(ClassTargets):
     there and its gradients (first order)."""
 
     def __init__(self, forget: list[int], *, steps: int, lr: float, k: int, every: int, weight: float,
-                 margin: float, start: str, batch: int, seed: int, score: str = "nelbo", p: float = 0.6):
+                 margin: float, start: str, batch: int, seed: int, score: str = "nelbo", p: float = 0.6,
+                 epochs: int | None = None):
         if start not in TAR_STARTS or score not in TAR_SCORES:
             raise ValueError(f"tar start must be one of {', '.join(TAR_STARTS)} and score one of "
                              f"{', '.join(TAR_SCORES)}, got {start!r}, {score!r}")
         super().__init__(forget, weight=weight, margin=margin, batch=batch, seed=seed)
         self.steps, self.lr, self.k, self.every, self.start_at = steps, lr, k, every, start
-        self.score = score
+        self.score, self.epochs = score, epochs  # epochs: the SA epochs that attack (None: all)
         if score == "label":
             self.cap = math.log((1 - p) / p)  # minus the log-odds of posterior p: nothing to measure on θ* first
         self.last = None  # the last attack's row floats, repeated on the SA steps between attacks
 
-    def start(self, frozen: CVAE, accelerator) -> None:
-        super().start(frozen, accelerator)
+    def start(self, frozen: CVAE, accelerator, steps_per_epoch: int = 1) -> None:
+        super().start(frozen, accelerator, steps_per_epoch)
         self.scratch = copy.deepcopy(frozen).eval().requires_grad_(True)  # θ', batch norm frozen as in SA
         self.zeros = [torch.zeros_like(p) for p in frozen.parameters()]  # the gradient of the steps between attacks
         index = {id(p): i for i, p in enumerate(self.scratch.parameters())}
         self.slots = [(index[id(w)], dim, torch.tensor([start + c for c in self.forget], device=w.device))
                       for w, dim, start in self.scratch.label_inputs()]
+
+    def attacks(self, step: int) -> bool:
+        """Whether SA step ``step`` (1-based) lies in the first ``epochs`` epochs, where attacks are simulated."""
+        return self.epochs is None or (step - 1) // self.steps_per_epoch < self.epochs
 
     def start_of(self, step: int) -> str:
         """Where the attack of SA step ``step`` starts: ``tar_start``, or with ``both`` label-mean and model
@@ -108,7 +114,7 @@ class RelearnAdversary(ClassTargets):
         """(row floats, this process's gradients): every ``every``-th SA step (the first included), -β · min(nELBO
         at θ', cap) of fresh θ* samples of the forgotten labels, its gradient at θ' (after ``attack``) standing for
         θ's; between attacks, zero gradients and the last attack's floats."""
-        if (step - 1) % self.every and self.last is not None:
+        if ((step - 1) % self.every or not self.attacks(step)) and self.last is not None:
             return dict(self.last), self.zeros
         gen, start = self.generator(step), self.start_of(step)
         x, c = self.targets(gen, self.k)  # the attacker's few images
@@ -148,13 +154,15 @@ def unlearn(ctx: Context) -> Outcome:
     cfg, s = ctx.cfg, ctx.cfg.sa
     adversary = RelearnAdversary(s.forget, steps=s.tar_steps, lr=s.tar_lr, k=s.tar_k, every=s.tar_every,
                                  weight=s.tar_weight, margin=s.tar_margin, start=s.tar_start,
-                                 batch=s.surrogate_batch, seed=cfg.sa_seed, score=s.tar_score, p=s.tar_p)
+                                 batch=s.surrogate_batch, seed=cfg.sa_seed, score=s.tar_score, p=s.tar_p,
+                                 epochs=s.tar_epochs)
     model, history = selective_amnesia(ctx.original, ctx.fisher, ctx.accelerator, cfg, log_dir=ctx.log_dir,
                                        checkpointer=ctx.ckpt, extra_term=adversary)
-    after = [row["tar_after"] for row in history[::s.tar_every]]  # one per attack
+    attacked = history[:(s.tar_epochs or s.sa_epochs) * adversary.steps_per_epoch]  # a row a step; the tail: none
+    after = [row["tar_after"] for row in attacked[::s.tar_every]]  # one per attack
     info = {"steps": s.tar_steps, "lr": s.tar_lr, "k": s.tar_k, "every": s.tar_every, "weight": s.tar_weight,
-            "margin": s.tar_margin, "score": s.tar_score, "p": s.tar_p,
-            "start": s.tar_start, "cap": adversary.cap,
+            "margin": s.tar_margin, "score": s.tar_score, "p": s.tar_p, "epochs": s.tar_epochs,
+            "start": s.tar_start, "cap": adversary.cap, "attacks": len(after),
             "after_first": after[0] if after else None, "after_last": after[-1] if after else None,
             "capped_share": sum(a >= adversary.cap for a in after) / len(after) if after else None}
     return Outcome(model, history, info=info, sa_terms=True)
