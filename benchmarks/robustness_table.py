@@ -255,7 +255,7 @@ def bar_lines(group: dict) -> list[str]:
 
 def render(records, b, fps: dict) -> tuple[dict, str]:
     """(the table's JSON, its markdown) from ``[(Cell, record or None)]``."""
-    lrs, ks = [f"{lr:g}" for lr in b.lrs], list(b.k)
+    lrs, ks = [f"{lr:g}" for lr in b.lrs], list(b.k) if "relearn" in b.kinds else []  # a screen: no grids
     groups = {}
     for (arch, forget), specs in collect(records).items():
         ref = specs.get("retrain", {})

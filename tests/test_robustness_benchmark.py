@@ -272,6 +272,7 @@ def test_kinds_unlearn_is_a_quality_screen_whose_cells_the_full_run_reuses(tmp_p
     md = robustness.write_table(table, b, plan, FPS)
     row = next(line for line in md.splitlines() if line.startswith("| dampen |"))
     assert "+1.50" in row and row.split(" | ")[5] == "–" and "both never" not in md  # no relearning: unmeasured
+    assert "steps to P ≥ 0.5" not in md  # nor its per-lr grids
     table, b, plan, _ = run_fake(tmp_path, monkeypatch, calls, "--k", "10")  # the full run after the screen
     assert len(calls) == 10 + 5 * 2 * 2 and not any(n.endswith("-unlearn") for n in calls[10:])  # screen reused
     with pytest.raises(SystemExit):

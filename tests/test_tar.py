@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from conftest import load_benchmark, sa_config
-from sa_dist.methods.tar import RelearnAdversary
+from sa_dist.methods.tar import RelearnAdversary, capped_share
 from sa_dist.models import label_log_odds, negative_elbo, plain_copy
 from sa_dist.utils import UsageError
 
@@ -147,6 +147,12 @@ def test_after_tar_epochs_no_attack_is_simulated_a_repair_tail(tiny_baseline, ac
     assert all(any(g.any() for g in grads) for _, grads in rows[:6])  # every = 1: each step of epochs 1-2
     assert all(row == rows[5][0] and not any(g.any() for g in grads) for row, grads in rows[6:])  # the tail
     assert RelearnAdversary([2], **KW).epochs is None  # default: every epoch attacks
+
+
+def test_an_attack_clamped_at_the_cap_in_float32_counts_as_capped():
+    cap = 220.866  # a float64 cap whose float32 rounding lies below it (margin 0.8's on conv forget 2, seed 0)
+    clamped = torch.tensor(300.0).clamp(max=cap).item()  # what the term reports once capped
+    assert clamped < cap and capped_share([clamped, clamped, 150.0, cap], cap) == 0.75
 
 
 def test_a_saved_state_is_plain_json(tiny_baseline, accelerator):

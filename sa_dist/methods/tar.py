@@ -150,6 +150,14 @@ class RelearnAdversary(ClassTargets):
             self.cap, self.last = state["cap"], state["last"]
 
 
+def capped_share(after: list[float], cap: float) -> float | None:
+    """The share of attacks whose pushed value reached ``cap``. The term clamps in float32, so a capped value is
+    float32(cap), which may lie just below the float64 cap: compare in float32 (before: a capped attack could
+    count as not capped)."""
+    cap32 = torch.tensor(cap, dtype=torch.float32).item()
+    return sum(a >= cap32 for a in after) / len(after) if after else None
+
+
 def unlearn(ctx: Context) -> Outcome:
     cfg, s = ctx.cfg, ctx.cfg.sa
     adversary = RelearnAdversary(s.forget, steps=s.tar_steps, lr=s.tar_lr, k=s.tar_k, every=s.tar_every,
@@ -164,5 +172,5 @@ def unlearn(ctx: Context) -> Outcome:
             "margin": s.tar_margin, "score": s.tar_score, "p": s.tar_p, "epochs": s.tar_epochs,
             "start": s.tar_start, "cap": adversary.cap, "attacks": len(after),
             "after_first": after[0] if after else None, "after_last": after[-1] if after else None,
-            "capped_share": sum(a >= adversary.cap for a in after) / len(after) if after else None}
+            "capped_share": capped_share(after, adversary.cap)}
     return Outcome(model, history, info=info, sa_terms=True)
