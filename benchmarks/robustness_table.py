@@ -95,12 +95,13 @@ def relearning_bar(points: dict) -> dict:
     return bar_verdict(points, RELEARNING_BAR["ratio"], RELEARNING_BAR["k"])
 
 
-def stats(values: list) -> dict:
+def stats(values: list, missing: int = 0) -> dict:
     """Mean, min and max of the numbers among ``values``; ``none``: how many were None (never relearned, or not
-    comparable); ``n``: how many seeds."""
+    comparable); ``missing``: seeds without the number at all (not measured yet); ``n``: how many seeds."""
     nums = [v for v in values if v is not None]
     return {"mean": sum(nums) / len(nums) if nums else None, "min": min(nums, default=None),
-            "max": max(nums, default=None), "none": len(values) - len(nums), "n": len(values), "values": values}
+            "max": max(nums, default=None), "none": len(values) - len(nums), "missing": missing,
+            "n": len(values) + missing, "values": values}
 
 
 def combine(seeds: dict, ref_seeds: dict) -> dict:
@@ -109,7 +110,8 @@ def combine(seeds: dict, ref_seeds: dict) -> dict:
     per = {s: seed_numbers(cells, ref_seeds.get(s, {"relearn": {}})) for s, cells in sorted(seeds.items())}
     verdicts = {s: nums.pop("relearning_bar") for s, (nums, _, _) in per.items()}
     keys = list(dict.fromkeys(k for nums, _, _ in per.values() for k in nums))
-    row = {"stats": {k: stats([nums.get(k) for nums, _, _ in per.values()]) for k in keys},
+    row = {"stats": {k: stats([nums[k] for nums, _, _ in per.values() if k in nums],
+                               sum(k not in nums for nums, _, _ in per.values())) for k in keys},
            "bounds": {k: sorted({b[k] for _, b, _ in per.values() if k in b}) for k in keys
                       if any(k in b for _, b, _ in per.values())},
            "cost_quotable": all(q for _, _, q in per.values()), "seeds": list(per)}
@@ -160,14 +162,15 @@ def best_point(methods: dict) -> str | None:
 
 def fmt(st: dict | None, form: str, marks=(), none: str = "–", unit: str = "") -> str:
     """``mean [min, max]`` (one seed: the value) with ``unit``, bound marks in front, ``none`` for the seeds
-    without a value (``+N none`` when some have one)."""
+    whose value is None (``+N none`` when some have one) and ``+N –`` for the seeds not measured yet."""
+    missing = st.get("missing", 0) if st else 0
     if st is None or st["mean"] is None:
-        return none if st and st["none"] else "–"
+        return (none if st["none"] else "–") + (f" +{missing} –" if st["none"] and missing else "") if st else "–"
     mark = "".join(BOUND_MARK[m] for m in marks)
     cell = mark + format(st["mean"], form) + unit
-    if st["n"] - st["none"] > 1:
+    if st["n"] - st["none"] - missing > 1:
         cell += f" [{format(st['min'], form)}, {format(st['max'], form)}]"
-    return cell + (f" +{st['none']} {none}" if st["none"] else "")
+    return cell + (f" +{st['none']} {none}" if st["none"] else "") + (f" +{missing} –" if missing else "")
 
 
 NO_STEPS_RATIO = "both never"  # neither model reached the threshold within the budget

@@ -206,6 +206,7 @@ def test_render_only_writes_the_table_from_the_cells_and_measures_nothing(tmp_pa
     md = (tmp_path / "robustness" / "frontier.md").read_text()
     assert not calls and md == capsys.readouterr().out.rstrip("\n") + "\n"
     assert "18 of 27 cells measured" in md and "| dampen | 0.005 [0.005, 0.005] +1 – |" in md  # seed 3: not measured
+    assert "0.75× [0.75, 0.75] +1 – |" in md and "+1 both never" not in md  # unmeasured, not "never relearned"
 
 
 def test_cost_is_not_quotable_when_a_cell_was_loaded():
