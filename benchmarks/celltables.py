@@ -19,10 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import yaml
-
 from cells import RESULTS, ROOT, Table, cell_stem, code_commit
-from sa_dist.config import RunConfig, load_config, validate, with_values
+from sa_dist.config import RunConfig, load_config, read_yaml, validate, with_values
 from sa_dist.evaluation.evaluator import evaluator_fingerprint, get_evaluator
 from sa_dist.evaluation.metrics import P_BAR
 from sa_dist.evaluation.paper import get_paper_classifier, paper_classifier_path, paper_fingerprint
@@ -86,7 +84,7 @@ def parse_set(items: list[str]) -> dict:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise UsageError(f"--set takes KEY=VALUE (a config key such as train.limit=2000), got {item!r}")
-        out[key] = yaml.safe_load(value)
+        out[key] = read_yaml(value)
     run_config(out)
     return out
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
-import yaml
-
 from cells import RESULTS, run_key
 from sa_dist.attacks.suite import AttackConfig, check_draw
-from sa_dist.config import RunConfig, validate, with_values
+from sa_dist.config import RunConfig, read_yaml, validate, with_values
 from sa_dist.methods import method_names
 from sa_dist.utils import UsageError, arg
 
@@ -93,7 +91,7 @@ def parse_values(items, where: str, only_sa: bool) -> dict:
             raise UsageError(f"{where}: {key} is set by {OWN_FLAGS[key]}")
         if only_sa and not key.startswith("sa."):
             raise UsageError(f"{where}: {key} is not a method setting (sa.* keys)")
-        out[key] = yaml.safe_load(raw)
+        out[key] = read_yaml(raw)
     return out
 
 

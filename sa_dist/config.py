@@ -4,6 +4,7 @@ fields (``cli/flags.py``), and the comment beside a default says why it is that 
 from __future__ import annotations
 
 import math
+import re
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -165,9 +166,23 @@ def _build(cls, data: dict, where: str):
     return cls(**kwargs)
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as users write numbers: PyYAML follows YAML 1.1, where ``3e-4`` (no dot) is a string; read it as the
+    float it is in YAML 1.2 and in Python."""
+
+
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")  # 3e-4, 1E5, 2.5e3
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+
+
+def read_yaml(text: str):
+    """``yaml.safe_load`` that reads ``3e-4`` as a float (config files, ``--set`` and method-spec values)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def load_config(path: str | Path) -> RunConfig:
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        data = read_yaml(Path(path).read_text()) or {}
     except OSError as e:
         raise UsageError(f"--config {path}: cannot read ({e.strerror})") from None
     except yaml.YAMLError as e:

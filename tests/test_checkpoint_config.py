@@ -64,6 +64,13 @@ def test_yaml_round_trip_and_shipped_configs(tmp_path):
     assert [load_config(p).model.arch for p in shipped] == ["conv", "linear"]
 
 
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    """PyYAML's YAML 1.1 reads 3e-4 as a string, which the config then refused as not a number."""
+    (tmp_path / "c.yaml").write_text("train: {lr: 3e-4}\nsa: {lam: 1E2, tar_lr: 2.5e-3, surrogate: blank}")
+    cfg = load_config(tmp_path / "c.yaml")
+    assert (cfg.train.lr, cfg.sa.lam, cfg.sa.tar_lr, cfg.sa.surrogate) == (3e-4, 100.0, 2.5e-3, "blank")
+
+
 @pytest.mark.parametrize("text,match", [("train: {epochs: 5, foo: 1}", "unknown key 'foo'"),
                                         ("train: {epochs: five}", "train.epochs: expected int"),
                                         ("bogus: 1", "unknown key 'bogus'")])

@@ -78,6 +78,11 @@ def test_each_architecture_gets_its_own_width_and_a_spec_its_values():
     assert base.model.width == 16 and base.sa.dampen_alpha == 5.0  # θ*'s Fisher comes from the base config
 
 
+def test_spec_values_are_read_as_yaml_users_write_numbers():
+    assert robustness_plan.parse_spec("tar:sa.tar_lr=3e-4,sa.tar_margin=1.2,sa.tar_start=model") == (
+        "tar", {"sa.tar_lr": 3e-4, "sa.tar_margin": 1.2, "sa.tar_start": "model"})
+
+
 @pytest.mark.parametrize("spec,match", [
     ("distil", "unknown method 'distil'"), ("sa:lam=2", "lam is not a method setting"),
     ("sa:sa.forget=3", "sa.forget is set by --forget"), ("original:sa.lam=1", "the original takes no settings"),
