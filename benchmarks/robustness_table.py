@@ -81,7 +81,7 @@ def seed_numbers(mine: dict, ref: dict) -> tuple[dict, dict, bool]:
     nums["relearning_bar"] = relearning_bar(
         {(k, lr): (e["steps"] and e["steps"]["ratio"], e["steps"] and e["steps"]["bound"])
          for k, gk in g["by_k"].items() for lr, e in gk["by_lr"].items()})
-    if not (block and ref["relearn"]):  # no relearning measured (--kinds unlearn): unmeasured, not "never"
+    if not g["by_k"]:  # no k relearned by both (--kinds unlearn): the minimum is unmeasured, not "never"
         return nums, bounds, quotable
     nums["min_steps_ratio"] = g["min_steps"] and g["min_steps"]["ratio"]
     nums["min_auc_ratio"] = g["min_auc"] and g["min_auc"]["ratio"]
@@ -163,14 +163,16 @@ def best_point(methods: dict) -> str | None:
 def fmt(st: dict | None, form: str, marks=(), none: str = "–", unit: str = "") -> str:
     """``mean [min, max]`` (one seed: the value) with ``unit``, bound marks in front, ``none`` for the seeds
     whose value is None (``+N none`` when some have one) and ``+N –`` for the seeds not measured yet."""
-    missing = st.get("missing", 0) if st else 0
-    if st is None or st["mean"] is None:
-        return (none if st["none"] else "–") + (f" +{missing} –" if st["none"] and missing else "") if st else "–"
+    if st is None:
+        return "–"
+    missing = f" +{st['missing']} –" if st["missing"] else ""
+    if st["mean"] is None:
+        return none + missing if st["none"] else "–"
     mark = "".join(BOUND_MARK[m] for m in marks)
     cell = mark + format(st["mean"], form) + unit
-    if st["n"] - st["none"] - missing > 1:
+    if st["n"] - st["none"] - st["missing"] > 1:
         cell += f" [{format(st['min'], form)}, {format(st['max'], form)}]"
-    return cell + (f" +{st['none']} {none}" if st["none"] else "") + (f" +{missing} –" if missing else "")
+    return cell + (f" +{st['none']} {none}" if st["none"] else "") + missing
 
 
 NO_STEPS_RATIO = "both never"  # neither model reached the threshold within the budget

@@ -75,8 +75,10 @@ class RelearnAdversary(ClassTargets):
                       for w, dim, start in self.scratch.label_inputs()]
 
     def attacks(self, step: int) -> bool:
-        """Whether SA step ``step`` (1-based) lies in the first ``epochs`` epochs, where attacks are simulated."""
-        return self.epochs is None or (step - 1) // self.steps_per_epoch < self.epochs
+        """Whether SA step ``step`` (1-based) simulates an attack: every ``every``-th step (the first included) of
+        the first ``epochs`` epochs."""
+        in_epochs = self.epochs is None or (step - 1) // self.steps_per_epoch < self.epochs
+        return (step - 1) % self.every == 0 and in_epochs
 
     def start_of(self, step: int) -> str:
         """Where the attack of SA step ``step`` starts: ``tar_start``, or with ``both`` label-mean and model
@@ -114,7 +116,7 @@ class RelearnAdversary(ClassTargets):
         """(row floats, this process's gradients): every ``every``-th SA step (the first included), -β · min(nELBO
         at θ', cap) of fresh θ* samples of the forgotten labels, its gradient at θ' (after ``attack``) standing for
         θ's; between attacks, zero gradients and the last attack's floats."""
-        if ((step - 1) % self.every or not self.attacks(step)) and self.last is not None:
+        if not self.attacks(step) and self.last is not None:
             return dict(self.last), self.zeros
         gen, start = self.generator(step), self.start_of(step)
         x, c = self.targets(gen, self.k)  # the attacker's few images
@@ -166,8 +168,7 @@ def unlearn(ctx: Context) -> Outcome:
                                  epochs=s.tar_epochs)
     model, history = selective_amnesia(ctx.original, ctx.fisher, ctx.accelerator, cfg, log_dir=ctx.log_dir,
                                        checkpointer=ctx.ckpt, extra_term=adversary)
-    attacked = history[:(s.tar_epochs or s.sa_epochs) * adversary.steps_per_epoch]  # a row a step; the tail: none
-    after = [row["tar_after"] for row in attacked[::s.tar_every]]  # one per attack
+    after = [row["tar_after"] for step, row in enumerate(history, 1) if adversary.attacks(step)]  # a row a step
     info = {"steps": s.tar_steps, "lr": s.tar_lr, "k": s.tar_k, "every": s.tar_every, "weight": s.tar_weight,
             "margin": s.tar_margin, "score": s.tar_score, "p": s.tar_p, "epochs": s.tar_epochs,
             "start": s.tar_start, "cap": adversary.cap, "attacks": len(after),
